@@ -1,0 +1,7 @@
+"""Errors of quad-doctor; they live beside the trainer's config so the trainer needs no doctor."""
+
+from __future__ import annotations
+
+from quad_doctor.trainer.errors import ConfigError, DatasetError, QuadDoctorError, UsageError
+
+__all__ = ["ConfigError", "DatasetError", "QuadDoctorError", "UsageError"]

@@ -1,0 +1,281 @@
+"""The training loop: one visible loop, top to bottom, with callbacks at each step."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from quad_doctor.trainer.build import (
+    build_dataset,
+    build_loss,
+    build_model,
+    build_optimizer,
+    build_sampler,
+    build_schedule,
+    resolve_device,
+)
+from quad_doctor.trainer.callbacks import Callback
+from quad_doctor.trainer.checkpoint import (
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from quad_doctor.trainer.config import Config, save_config
+from quad_doctor.trainer.errors import UsageError
+from quad_doctor.trainer.evaluate import validation_accuracy
+from quad_doctor.trainer.rundir import JsonLines
+
+
+@dataclass
+class TrainState:
+    """Where training stands; saved in every checkpoint so a resume continues exactly here."""
+
+    epoch: int = 1  # the epoch in progress, 1-based (epoch 0 is the untrained evaluation)
+    position: int = 0  # index of the next batch within the epoch
+    global_step: int = 0
+    epoch_loss_sum: float = 0.0
+    epoch_steps: int = 0
+    epoch_step_time_s: float = 0.0
+    best_val_accuracy: float = -1.0
+
+
+class TrainingInterrupted(Exception):
+    """Training was interrupted (Ctrl-C); a checkpoint at the exact position was saved."""
+
+    def __init__(self, checkpoint: Path) -> None:
+        super().__init__(f"interrupted; state saved to {checkpoint} (continue with --resume)")
+        self.checkpoint = checkpoint
+
+
+class Trainer:
+    """Trains the quadmodal model with SupCon; building it validates config and data."""
+
+    def __init__(
+        self,
+        config: Config,
+        callbacks: list[Callback] | tuple[Callback, ...] = (),
+        console: Console | None = None,
+        show_progress: bool = True,
+    ) -> None:
+        self.config = config
+        self.callbacks = list(callbacks)
+        self.console = console or Console()
+        self.show_progress = show_progress
+        self.device = resolve_device(config.train.device)
+        self.dataset = build_dataset(config)
+        self.train_rows = self.dataset.split_indices("train")
+        self.val_rows = self.dataset.split_indices("val")
+        self.sampler = build_sampler(config, self.dataset)
+        self.model = build_model(config, self.dataset).to(self.device)
+        self.optimizer = build_optimizer(config, self.model)
+        self.schedule = build_schedule(config, len(self.sampler))
+        self.loss_fn = build_loss(config)
+        self.state = TrainState()
+        self.should_stop = False  # a callback sets this to end training after the current step
+        self.run_dir: Path | None = None
+
+    # -- run directory ---------------------------------------------------------------------------
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        """Where `last.pt` and `best.pt` live."""
+        assert self.run_dir is not None
+        return self.run_dir / "checkpoints"
+
+    def save(self, name: str = "last") -> Path:
+        """Save everything a resume needs to `checkpoints/<name>.pt`, atomically."""
+        path = self.checkpoint_dir / f"{name}.pt"
+        save_checkpoint(
+            {
+                "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "state": dataclasses.asdict(self.state),
+                "rng": rng_state(),
+                "callbacks": {type(cb).__name__: cb.state_dict() for cb in self.callbacks},
+                "config": self.config.to_dict(),
+            },
+            path,
+        )
+        return path
+
+    def _restore(self) -> None:
+        checkpoint = load_checkpoint(self.checkpoint_dir / "last.pt")
+        if checkpoint["config"] != self.config.to_dict():
+            raise UsageError(
+                f"{self.run_dir / 'config.toml'}: the config differs from the one this run was "
+                "started with; resume without --config/--set or use a new --run-dir"
+            )
+        self.model.load_state_dict(checkpoint["model"])
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        self.state = TrainState(**checkpoint["state"])
+        set_rng_state(checkpoint["rng"])
+        for cb in self.callbacks:
+            cb.load_state_dict(checkpoint["callbacks"].get(type(cb).__name__, {}))
+
+    # -- training --------------------------------------------------------------------------------
+
+    def fit(self, run_dir: str | Path, resume: bool = False) -> list[dict[str, Any]]:
+        """Train for `train.num_epochs` epochs, writing metrics and checkpoints to `run_dir`."""
+        self.run_dir = Path(run_dir)
+        metrics = JsonLines(self.run_dir / "metrics.jsonl")
+        if resume:
+            self._restore()
+            # Rows written after the checkpoint are recomputed: keep only the finished epochs.
+            metrics.keep(lambda row: row["epoch"] < self.state.epoch)
+        else:
+            if (self.checkpoint_dir / "last.pt").exists() or metrics.path.exists():
+                raise UsageError(
+                    f"{self.run_dir}: already holds a run; use --resume or another --run-dir"
+                )
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            save_config(self.config, self.run_dir / "config.toml")
+            torch.manual_seed(self.config.train.seed)  # dropout and any other global draws
+            untrained = self._validate()
+            metrics.append(
+                {"epoch": 0, "train_loss": None, "val_accuracy": untrained, "lr": self._lr(0)}
+            )
+        for cb in self.callbacks:
+            cb.on_fit_start(self)
+        try:
+            with self._progress() as progress:
+                self._train(metrics, progress)
+        except KeyboardInterrupt:
+            raise TrainingInterrupted(self.save("last")) from None
+        finally:
+            for cb in self.callbacks:
+                cb.on_fit_end(self)
+        return metrics.read()
+
+    def _train(self, metrics: JsonLines, progress: Progress) -> None:
+        config = self.config.train
+        steps_per_epoch = len(self.sampler)
+        task = progress.add_task(
+            "train",
+            total=config.num_epochs * steps_per_epoch,
+            completed=self.state.global_step,
+            epoch=f"{self.state.epoch}/{config.num_epochs}",
+            loss="-",
+            lr="-",
+            rate="-",
+        )
+        self.model.train()
+        while self.state.epoch <= config.num_epochs and not self.should_stop:
+            epoch = self.state.epoch
+            self.sampler.set_epoch(epoch)
+            batches = self.sampler.epoch_batches()
+            if self.state.position == 0:
+                for cb in self.callbacks:
+                    cb.on_train_epoch_start(self, epoch)
+            epoch_started = time.perf_counter()
+            while self.state.position < len(batches) and not self.should_stop:
+                step = self.state.global_step
+                started = time.perf_counter()
+                # 1. set the learning rate this step's schedule asks for
+                lr = self._lr(step)
+                for group in self.optimizer.param_groups:
+                    group["lr"] = lr
+                batch = self.dataset.batch(batches[self.state.position]).to(self.device)
+                for cb in self.callbacks:
+                    cb.on_train_batch_start(self, batch, step)
+                # 2. forward: four encoders, fusion, normalised embeddings
+                features = self.model(batch.video, batch.audio, batch.sensor, batch.text)
+                # 3. loss: SupCon over the batch
+                output = self.loss_fn(features, batch.labels)
+                # 4. backward
+                self.optimizer.zero_grad(set_to_none=True)
+                output.loss.backward()
+                for cb in self.callbacks:
+                    cb.on_after_backward(self, batch, output, step)
+                # 5. optimizer step
+                self.optimizer.step()
+                # 6. bookkeeping, then the callbacks see the finished step
+                loss = output.loss.item()
+                elapsed = time.perf_counter() - started
+                self.state.position += 1
+                self.state.global_step += 1
+                self.state.epoch_loss_sum += loss
+                self.state.epoch_steps += 1
+                self.state.epoch_step_time_s += elapsed
+                for cb in self.callbacks:
+                    cb.on_train_batch_end(self, batch, features, output, step)
+                # 7. log
+                progress.update(
+                    task,
+                    advance=1,
+                    loss=f"{loss:.4f}",
+                    lr=f"{lr:.2e}",
+                    rate=f"{len(batch) / elapsed:,.0f}",
+                )
+                every = config.checkpoint_every_steps
+                if every and self.state.global_step % every == 0:
+                    self.save("last")
+            if self.state.position < len(batches):
+                break  # a callback asked to stop mid-epoch
+            self._finish_epoch(metrics, progress, time.perf_counter() - epoch_started)
+            progress.update(task, epoch=f"{self.state.epoch}/{config.num_epochs}")
+
+    def _finish_epoch(self, metrics: JsonLines, progress: Progress, wall_s: float) -> None:
+        epoch = self.state.epoch
+        val_accuracy = self._validate()
+        for cb in self.callbacks:
+            cb.on_validation_end(self, epoch, val_accuracy)
+        steps = max(1, self.state.epoch_steps)
+        row = {
+            "epoch": epoch,
+            "train_loss": self.state.epoch_loss_sum / steps,
+            "val_accuracy": val_accuracy,
+            "lr": self._lr(self.state.global_step - 1),
+            "step_time_ms": 1000 * self.state.epoch_step_time_s / steps,
+            "samples_per_s": self.config.train.batch_size * steps / self.state.epoch_step_time_s,
+            "steps": self.state.epoch_steps,
+        }
+        metrics.append(row)
+        progress.console.print(
+            f"epoch {epoch:>3}/{self.config.train.num_epochs}  loss {row['train_loss']:.4f}  "
+            f"val_acc {val_accuracy:.3f}  lr {row['lr']:.2e}  "
+            f"{row['step_time_ms']:.1f} ms/step  {wall_s:.1f} s"
+        )
+        improved = val_accuracy > self.state.best_val_accuracy
+        self.state = dataclasses.replace(
+            self.state,
+            epoch=epoch + 1,
+            position=0,
+            epoch_loss_sum=0.0,
+            epoch_steps=0,
+            epoch_step_time_s=0.0,
+            best_val_accuracy=max(val_accuracy, self.state.best_val_accuracy),
+        )
+        self.save("last")
+        if improved:
+            self.save("best")
+        for cb in self.callbacks:
+            cb.on_train_epoch_end(self, epoch, row)
+
+    def _validate(self) -> float:
+        return validation_accuracy(
+            self.model, self.dataset, self.train_rows, self.val_rows, self.device
+        )
+
+    def _lr(self, step: int) -> float:
+        return self.schedule.lr_at(step)
+
+    def _progress(self) -> Progress:
+        return Progress(
+            TextColumn("epoch {task.fields[epoch]}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn(
+                "loss {task.fields[loss]}  lr {task.fields[lr]}  {task.fields[rate]} samples/s"
+            ),
+            TimeElapsedColumn(),
+            console=self.console,
+            disable=not self.show_progress,
+        )
