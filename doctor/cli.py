@@ -1,4 +1,4 @@
-"""The `quad-doctor` command line: parse options, call the library, render, map errors to exit codes.
+"""The `quad-doctor` command line: parse options, call the library, render, map errors.
 
 Only this module knows typer. Exit codes: 0 fine, 1 findings at or above `--fail-on`, 2 bad input
 or usage (one line on stderr, no traceback unless `--debug`), 130 interrupted.

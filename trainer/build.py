@@ -56,7 +56,7 @@ def build_sampler(
     )
     if len(sampler) == 0:
         raise UsageError(
-            f"train.batch_size: {config.train.batch_size} x {world_size} process(es) is larger than "
+            f"train.batch_size: {config.train.batch_size} x {world_size} process(es) exceeds "
             f"the {len(rows)} training samples; no batch can be formed"
         )
     return sampler

@@ -1,4 +1,4 @@
-"""Typed configuration: dataclasses for every key, loaded from TOML plus `--set KEY=VALUE` overrides.
+"""Typed configuration: dataclasses for every key, from TOML plus `--set KEY=VALUE` overrides.
 
 Key names follow the original project's configs (see DESIGN.md). Unknown keys are errors with the
 closest valid key suggested; values are checked for type and range on load, and every message names

@@ -1,4 +1,4 @@
-"""Validation: nearest-class-mean accuracy of the model's embeddings (DESIGN.md's `val_accuracy`)."""
+"""Validation: nearest-class-mean accuracy of the embeddings (DESIGN.md's `val_accuracy`)."""
 
 from __future__ import annotations
 

@@ -12,7 +12,7 @@ RUNS_ROOT = Path("runs")
 
 
 def new_run_dir(run_dir: str | Path | None) -> Path:
-    """The run directory to use (created): the given one, or `runs/<timestamp>` with `runs/latest`."""
+    """Create the run directory: the given one, or `runs/<timestamp>` with `runs/latest`."""
     if run_dir is not None:
         path = Path(run_dir)
         path.mkdir(parents=True, exist_ok=True)

@@ -4,8 +4,8 @@ SupCon learns only from anchors that have a positive in their batch, so the clas
 is the whole game. `stratified` guarantees it, `random` leaves it to chance, `sequential` walks the
 file order — on class-grouped data that gives single-class batches, the original bug, on purpose.
 
-Every sampler shards for distributed training the same way: the epoch's batches are dealt round-robin
-to ranks (batch j to rank j % world_size), trimmed so every rank gets the same number.
+Every sampler shards for distributed training the same way: the epoch's batches are dealt
+round-robin to ranks (batch j to rank j % world_size), trimmed so every rank gets the same number.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ MIN_PER_CLASS = 2
 
 
 class BatchSampler:
-    """Base class: yields one int64 array of dataset rows per batch; drops the last partial batch."""
+    """Base class: one int64 array of dataset rows per batch; the last partial batch is dropped."""
 
     name = "base"
 

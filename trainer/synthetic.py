@@ -1,11 +1,11 @@
 """Deterministic synthetic quadmodal dataset: six activities seen by video, audio, IMU and text.
 
 Each modality carries the class in a form a linear read-out of the raw input cannot see (random
-phase, random position, random base frequency) under distractors of larger variance, so an untrained
-network's embeddings classify poorly and only training separates the classes. Each modality confuses
-one pair of classes and goes silent on some samples, so every modality helps and none alone is
-perfect. Samples are stored grouped by class, as real datasets usually are — which is exactly what
-turns a sequential sampler into single-class batches.
+phase, random position, random base frequency) under distractors of as much variance or more, so
+an untrained network's embeddings classify poorly and only training separates the classes. Each
+modality confuses one pair of classes and goes silent on some samples, so every modality helps and
+none alone is perfect. Samples are stored grouped by class, as real datasets usually are — which is
+exactly what turns a sequential sampler into single-class batches.
 """
 
 from __future__ import annotations
