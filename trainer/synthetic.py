@@ -48,7 +48,7 @@ TONE_SPACING_BINS = [3, 5, 7, 9, 11, 13]
 TONE_AMPLITUDE, DISTRACTOR_TONE_AMPLITUDE = 1.5, 1.5
 # Sensor: the class is the oscillation frequency (cycles per window) at a random phase, under a
 # random-walk drift of equal variance.
-SENSOR_CYCLES = [2.0, 3.0, 4.5, 6.0, 8.0, 10.5]
+SENSOR_CYCLES = [5.0, 8.0, 11.0, 15.0, 19.0, 24.0]
 SENSOR_AMPLITUDE, DRIFT_STD = 1.0, 1.0
 # Text: a few class keywords among common tokens drawn from a Zipf-like distribution.
 KEYWORDS_PER_CLASS, KEYWORDS_PER_SAMPLE = 8, 3
@@ -232,4 +232,4 @@ _GENERATORS = {"video": _video, "audio": _audio, "sensor": _sensor, "text": _tex
 # What a dead stream holds: mid-grey video, silent audio, a still sensor, one repeated token.
 _DEAD_VALUE = {"video": 128, "audio": 0.0, "sensor": 0.0, "text": 1}
 # Bump when the generated data changes, so cached embedded datasets are regenerated.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 3
