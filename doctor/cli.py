@@ -54,6 +54,9 @@ def _guarded(debug: bool, action: Callable[[], T]) -> T:
     except TrainingInterrupted as exc:
         error_console.print(str(exc), markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(130) from None
+    except KeyboardInterrupt:
+        error_console.print("interrupted", markup=False, highlight=False)
+        raise typer.Exit(130) from None
 
 
 def _config(config: Path | None, overrides: list[str] | None) -> Config:

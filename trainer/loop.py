@@ -220,7 +220,8 @@ class Trainer:
             if self.state.position < len(batches):
                 break  # a callback asked to stop mid-epoch
             self._finish_epoch(metrics, progress, time.perf_counter() - epoch_started)
-            progress.update(task, epoch=f"{self.state.epoch}/{config.num_epochs}")
+            shown = min(self.state.epoch, config.num_epochs)
+            progress.update(task, epoch=f"{shown}/{config.num_epochs}")
 
     def _finish_epoch(self, metrics: JsonLines, progress: Progress, wall_s: float) -> None:
         epoch = self.state.epoch

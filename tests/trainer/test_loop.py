@@ -129,3 +129,17 @@ def test_sequential_sampler_pins_the_loss_at_ln_b_minus_1(tmp_path, small_overri
     )
     floor = math.log(16 - 1)
     assert all(row["train_loss"] > floor - 0.06 for row in rows[1:])
+
+
+def test_stratified_sampler_learns_where_sequential_cannot(tmp_path, small_overrides):
+    common = [
+        *small_overrides,
+        "train.lr_scheduler=constant",
+        "train.learning_rate=3e-4",
+        "train.num_epochs=6",
+    ]
+    stratified = make_trainer(common).fit(tmp_path / "stratified")
+    sequential = make_trainer([*common, "train.sampler=sequential"]).fit(tmp_path / "sequential")
+    floor = math.log(16 - 1)
+    assert stratified[-1]["train_loss"] < floor - 0.5
+    assert sequential[-1]["train_loss"] > floor - 0.06
