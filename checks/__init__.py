@@ -1,0 +1,11 @@
+"""Every diagnostic check, in causal order: upstream faults first."""
+
+from __future__ import annotations
+
+from quad_doctor.checks.base import Check
+from quad_doctor.checks.dataset_imbalance import DatasetImbalance
+from quad_doctor.checks.sampler_class_mix import SamplerClassMix
+
+ALL_CHECKS: tuple[type[Check], ...] = (DatasetImbalance, SamplerClassMix)
+
+__all__ = ["ALL_CHECKS", "Check"]

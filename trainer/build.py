@@ -8,11 +8,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from quad_doctor.trainer import model as model_module
 from quad_doctor.trainer.config import Config
-from quad_doctor.trainer.dataset import QuadDataset
+from quad_doctor.trainer.dataset import Manifest, QuadDataset
 from quad_doctor.trainer.errors import ConfigError, UsageError
 from quad_doctor.trainer.losses import SupConLoss
 from quad_doctor.trainer.samplers import SAMPLERS, BatchSampler
@@ -42,13 +43,14 @@ def build_dataset(config: Config) -> QuadDataset:
 
 
 def build_sampler(
-    config: Config, dataset: QuadDataset, rank: int = 0, world_size: int = 1
+    config: Config, dataset: QuadDataset | Manifest, rank: int = 0, world_size: int = 1
 ) -> BatchSampler:
-    """The training-split batch sampler named by `train.sampler`."""
-    rows = dataset.split_indices("train")
+    """The training-split batch sampler named by `train.sampler`; labels come from the manifest."""
+    manifest = dataset.manifest if isinstance(dataset, QuadDataset) else dataset
+    rows = np.flatnonzero(manifest.splits == "train")
     sampler = SAMPLERS[config.train.sampler](
         rows,
-        dataset.labels[rows],
+        manifest.labels[rows],
         config.train.batch_size,
         seed=config.train.seed,
         rank=rank,

@@ -1,0 +1,105 @@
+"""dataset-imbalance: label counts per split, from the manifest alone."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+
+from quad_doctor.checks.base import Check
+from quad_doctor.context import DiagnosisContext
+from quad_doctor.findings import Finding, Severity
+
+# The original checklist's line: beyond 90 % one class, batches are nearly single-class anyway.
+MAJORITY_SHARE_ERROR = 0.90
+# Largest over smallest non-empty class; past 10:1 minority classes get few positives per batch.
+IMBALANCE_RATIO_WARNING = 10.0
+# A class needs two samples to form even one positive pair.
+MIN_SAMPLES_FOR_A_PAIR = 2
+
+
+class DatasetImbalance(Check):
+    """Label counts per split: majority share, imbalance ratio, classes too small to pair.
+
+    What it checks:
+        Counts each class in the train and val splits of the manifest (never the arrays): the
+        majority class's share, the ratio of the largest to the smallest class, classes with
+        fewer than two training samples and classes with none.
+
+    Why it matters:
+        SupCon learns only from positive pairs. A class with one sample can never form one; when
+        one class holds over 90 % of the data, no sampler can mix batches, so the loss sits near
+        its collapse value whatever the learning rate.
+
+    Example:
+        `--set data.synthetic.class_weights=[100,1,1,1,1,1]`: 95 % of samples are "walking".
+
+    Fix:
+        Collect or synthesise more minority samples, drop classes that cannot be paired, or
+        rebalance (the `stratified` sampler cycles rare classes so every batch still holds them).
+    """
+
+    name = "dataset-imbalance"
+    phase = "data"
+    order = 20
+
+    def run(self, ctx: DiagnosisContext) -> Iterator[Finding]:
+        manifest = ctx.manifest
+        classes = manifest.class_names
+        counts = {
+            split: np.bincount(manifest.labels[manifest.splits == split], minlength=len(classes))
+            for split in ("train", "val")
+        }
+        train = counts["train"]
+        total = int(train.sum())
+        majority = int(train.argmax())
+        majority_share = float(train[majority] / total) if total else 0.0
+        present = train[train > 0]
+        ratio = float(present.max() / present.min()) if len(present) else float("inf")
+        unpairable = [classes[c] for c in np.flatnonzero((train > 0) & (train < 2))]
+        missing = [classes[c] for c in np.flatnonzero(train == 0)]
+        evidence = {
+            "train_counts": {classes[c]: int(n) for c, n in enumerate(train)},
+            "val_counts": {classes[c]: int(n) for c, n in enumerate(counts["val"])},
+            "majority_class": classes[majority],
+            "majority_share": round(majority_share, 4),
+            "imbalance_ratio": round(ratio, 2),
+            "classes_without_pairs": unpairable,
+            "classes_missing": missing,
+        }
+        if majority_share > MAJORITY_SHARE_ERROR:
+            yield Finding(
+                check=self.name,
+                severity=Severity.ERROR,
+                title=(
+                    f"'{classes[majority]}' holds {majority_share:.0%} of the training data: "
+                    "batches cannot mix classes"
+                ),
+                evidence=evidence,
+                remedy="Rebalance the data: collect or synthesise minority samples.",
+                explains=("sampler-class-mix", "loss-bounds", "lr-range-test"),
+            )
+        elif ratio > IMBALANCE_RATIO_WARNING:
+            yield Finding(
+                check=self.name,
+                severity=Severity.WARNING,
+                title=f"classes are imbalanced {ratio:.0f}:1 in the training split",
+                evidence=evidence,
+                remedy="Use the stratified sampler so every batch still holds every class.",
+            )
+        if unpairable:
+            yield Finding(
+                check=self.name,
+                severity=Severity.ERROR,
+                title=f"{len(unpairable)} class(es) have one training sample: no positive pair",
+                evidence=evidence,
+                remedy="Add samples to these classes or drop them from the label set.",
+            )
+        if missing:
+            yield Finding(
+                check=self.name,
+                severity=Severity.WARNING,
+                title=f"{len(missing)} class(es) have no training samples",
+                evidence=evidence,
+                remedy="Check the labels and the split; an absent class cannot be learned.",
+            )

@@ -1,0 +1,145 @@
+"""sampler-class-mix: the class mix of every batch the trainer's sampler will really yield."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+import numpy as np
+
+from quad_doctor.checks.base import Check
+from quad_doctor.context import DiagnosisContext
+from quad_doctor.findings import Finding, Severity
+from quad_doctor.trainer.losses import supcon_collapse_value
+
+# Past half single-class batches, most steps carry no contrastive signal at all.
+SINGLE_CLASS_CRITICAL = 0.5
+# Anchors without a positive contribute nothing; a quarter of them wastes a quarter of the batch.
+NO_POSITIVE_ERROR = 0.25
+NO_POSITIVE_WARNING = 0.05
+# How many leading batches to show label counts for, as the original debugging session did.
+SHOWN_BATCHES = 3
+FIRST_EPOCH = 1
+
+
+def batch_label_line(index: int, labels: np.ndarray) -> str:
+    """`Batch 0 labels - unique: [0], counts: [32]`, as a person would print it."""
+    unique, counts = np.unique(labels, return_counts=True)
+    return f"Batch {index} labels - unique: {unique.tolist()}, counts: {counts.tolist()}"
+
+
+class SamplerClassMix(Check):
+    """The class mix of the batches the trainer's sampler yields over a whole epoch.
+
+    What it checks:
+        Iterates the sampler the trainer will use (`train.sampler`, indices only; labels from
+        the manifest) for a full epoch: classes per batch, the share of single-class batches,
+        positives per anchor, and anchors with no positive at all.
+
+    Why it matters:
+        SupCon pulls an anchor towards its positives and away from the rest of the batch. In a
+        single-class batch every other sample is a positive, nothing is pushed away, and the loss
+        cannot go below ln(B-1) (3.4340 for batch 32) — the loss of fully collapsed embeddings.
+        No learning rate changes that.
+
+    Example:
+        `--set train.sampler=sequential` on class-grouped data:
+        `Batch 0 labels - unique: [0], counts: [32]`, every batch one class, loss stuck at 3.4340.
+
+    Fix:
+        Use `train.sampler = "stratified"`, which puts every class in every batch with at least
+        two samples each; if the batch is too small for that, raise `train.batch_size` to at least
+        twice the number of classes.
+    """
+
+    name = "sampler-class-mix"
+    phase = "data"
+    order = 30
+
+    def run(self, ctx: DiagnosisContext) -> Iterator[Finding]:
+        config = ctx.config.train
+        sampler = ctx.sampler()
+        sampler.set_epoch(FIRST_EPOCH)
+        labels = ctx.manifest.labels
+        batches = [labels[rows] for rows in sampler.epoch_batches()]
+        classes_per_batch = np.array([len(np.unique(b)) for b in batches])
+        positives = np.concatenate([np.bincount(b)[b] - 1 for b in batches])
+        single_class_share = float(np.mean(classes_per_batch == 1))
+        no_positive_share = float(np.mean(positives == 0))
+        collapse = supcon_collapse_value(config.batch_size)
+        with_positive = positives[positives > 0]
+        floor = float(np.mean(np.log(with_positive))) if len(with_positive) else float("nan")
+        evidence = {
+            "sampler": config.sampler,
+            "batches": len(batches),
+            "batch_size": config.batch_size,
+            "first_batches": [
+                batch_label_line(i, b) for i, b in enumerate(batches[:SHOWN_BATCHES])
+            ],
+            "single_class_batch_fraction": round(single_class_share, 4),
+            "classes_per_batch_mean": round(float(classes_per_batch.mean()), 3),
+            "classes_per_batch_min": int(classes_per_batch.min()),
+            "positives_per_anchor_mean": round(float(positives.mean()), 3),
+            "anchors_without_positive_fraction": round(no_positive_share, 4),
+            "collapse_value_ln_b_minus_1": round(collapse, 4),
+            "supcon_floor_mean_ln_p": round(floor, 4) if math.isfinite(floor) else None,
+        }
+        patch, remedy = self._remedy(ctx)
+        explains = ("loss-bounds", "lr-range-test")
+        if single_class_share > SINGLE_CLASS_CRITICAL:
+            yield Finding(
+                check=self.name,
+                severity=Severity.CRITICAL,
+                title=(
+                    f"{single_class_share:.0%} of batches hold a single class: SupCon cannot go "
+                    f"below ln(B-1) = ln({config.batch_size - 1}) = {collapse:.4f}"
+                ),
+                evidence=evidence,
+                remedy=remedy,
+                config_patch=patch,
+                explains=explains,
+            )
+        elif no_positive_share == 1.0:
+            yield Finding(
+                check=self.name,
+                severity=Severity.CRITICAL,
+                title="no anchor has a positive in its batch: SupCon has nothing to learn from",
+                evidence=evidence,
+                remedy=remedy,
+                config_patch=patch,
+                explains=explains,
+            )
+        elif no_positive_share > NO_POSITIVE_ERROR:
+            yield Finding(
+                check=self.name,
+                severity=Severity.ERROR,
+                title=f"{no_positive_share:.0%} of anchors have no positive in their batch",
+                evidence=evidence,
+                remedy=remedy,
+                config_patch=patch,
+            )
+        elif no_positive_share > NO_POSITIVE_WARNING:
+            yield Finding(
+                check=self.name,
+                severity=Severity.WARNING,
+                title=f"{no_positive_share:.0%} of anchors have no positive in their batch",
+                evidence=evidence,
+                remedy=remedy,
+                config_patch=patch,
+            )
+
+    @staticmethod
+    def _remedy(ctx: DiagnosisContext) -> tuple[dict[str, object], str]:
+        config = ctx.config.train
+        classes = int(np.count_nonzero(np.bincount(ctx.manifest.labels[ctx.train_rows])))
+        if config.sampler != "stratified":
+            return (
+                {"train.sampler": "stratified"},
+                "Use the stratified sampler: every batch then holds every class, two or more each.",
+            )
+        needed = 2 * classes
+        return (
+            {"train.batch_size": needed},
+            f"Raise train.batch_size to at least {needed} so each of the {classes} classes "
+            "can have two samples (one positive pair) in every batch.",
+        )

@@ -1,0 +1,28 @@
+from __future__ import annotations
+
+from quad_doctor.checks.dataset_imbalance import DatasetImbalance
+from quad_doctor.context import DiagnosisContext
+from quad_doctor.findings import Severity
+from quad_doctor.trainer.config import load_config
+
+
+def findings(*overrides):
+    config = load_config(overrides=["data.synthetic.num_samples=600", *overrides])
+    return list(DatasetImbalance().run(DiagnosisContext(config)))
+
+
+def test_a_dominant_class_is_an_error_that_explains_the_sampler():
+    (found,) = findings("data.synthetic.class_weights=[100, 1, 1, 1, 1, 1]")
+    assert found.severity is Severity.ERROR
+    assert found.evidence["majority_class"] == "walking"
+    assert found.evidence["majority_share"] > 0.9
+    assert "sampler-class-mix" in found.explains
+
+
+def test_a_missing_class_is_reported():
+    titles = [f.title for f in findings("data.synthetic.class_weights=[1, 1, 1, 1, 1, 0]")]
+    assert any("no training samples" in title for title in titles)
+
+
+def test_balanced_data_is_quiet():
+    assert findings() == []

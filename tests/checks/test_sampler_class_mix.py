@@ -1,0 +1,30 @@
+from __future__ import annotations
+
+from quad_doctor.checks.sampler_class_mix import SamplerClassMix
+from quad_doctor.context import DiagnosisContext
+from quad_doctor.findings import Severity
+from quad_doctor.trainer.config import load_config
+
+
+def findings(*overrides):
+    return list(SamplerClassMix().run(DiagnosisContext(load_config(overrides=list(overrides)))))
+
+
+def test_sequential_sampler_is_critical_with_the_evidence():
+    (found,) = findings("train.sampler=sequential")
+    assert found.severity is Severity.CRITICAL
+    assert "ln(31) = 3.4340" in found.title
+    assert found.evidence["first_batches"][0] == "Batch 0 labels - unique: [0], counts: [32]"
+    assert found.evidence["single_class_batch_fraction"] > 0.8
+    assert found.config_patch == {"train.sampler": "stratified"}
+    assert "lr-range-test" in found.explains
+
+
+def test_batches_too_small_for_positives_ask_for_a_larger_batch():
+    (found,) = findings("train.batch_size=8")
+    assert found.severity >= Severity.ERROR
+    assert found.config_patch == {"train.batch_size": 12}
+
+
+def test_stratified_default_is_quiet():
+    assert findings() == []
