@@ -67,39 +67,33 @@ class DatasetImbalance(Check):
             "classes_without_pairs": unpairable,
             "classes_missing": missing,
         }
+
+        def finding(severity: Severity, title: str, remedy: str, explains=()) -> Finding:
+            return Finding(self.name, severity, title, evidence, remedy, explains=explains)
+
         if majority_share > MAJORITY_SHARE_ERROR:
-            yield Finding(
-                check=self.name,
-                severity=Severity.ERROR,
-                title=(
-                    f"'{classes[majority]}' holds {majority_share:.0%} of the training data: "
-                    "batches cannot mix classes"
-                ),
-                evidence=evidence,
-                remedy="Rebalance the data: collect or synthesise minority samples.",
+            yield finding(
+                Severity.ERROR,
+                f"'{classes[majority]}' holds {majority_share:.0%} of the training data: "
+                "batches cannot mix classes",
+                "Rebalance the data: collect or synthesise minority samples.",
                 explains=("sampler-class-mix", "loss-bounds", "lr-range-test"),
             )
         elif ratio > IMBALANCE_RATIO_WARNING:
-            yield Finding(
-                check=self.name,
-                severity=Severity.WARNING,
-                title=f"classes are imbalanced {ratio:.0f}:1 in the training split",
-                evidence=evidence,
-                remedy="Use the stratified sampler so every batch still holds every class.",
+            yield finding(
+                Severity.WARNING,
+                f"classes are imbalanced {ratio:.0f}:1 in the training split",
+                "Use the stratified sampler so every batch still holds every class.",
             )
         if unpairable:
-            yield Finding(
-                check=self.name,
-                severity=Severity.ERROR,
-                title=f"{len(unpairable)} class(es) have one training sample: no positive pair",
-                evidence=evidence,
-                remedy="Add samples to these classes or drop them from the label set.",
+            yield finding(
+                Severity.ERROR,
+                f"{len(unpairable)} class(es) have one training sample: no positive pair",
+                "Add samples to these classes or drop them from the label set.",
             )
         if missing:
-            yield Finding(
-                check=self.name,
-                severity=Severity.WARNING,
-                title=f"{len(missing)} class(es) have no training samples",
-                evidence=evidence,
-                remedy="Check the labels and the split; an absent class cannot be learned.",
+            yield finding(
+                Severity.WARNING,
+                f"{len(missing)} class(es) have no training samples",
+                "Check the labels and the split; an absent class cannot be learned.",
             )

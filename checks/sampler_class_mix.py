@@ -84,49 +84,43 @@ class SamplerClassMix(Check):
             "collapse_value_ln_b_minus_1": round(collapse, 4),
             "supcon_floor_mean_ln_p": round(floor, 4) if math.isfinite(floor) else None,
         }
+        verdict = self._verdict(single_class_share, no_positive_share, config.batch_size)
+        if verdict is None:
+            return
+        severity, title = verdict
         patch, remedy = self._remedy(ctx)
-        explains = ("loss-bounds", "lr-range-test")
+        yield Finding(
+            check=self.name,
+            severity=severity,
+            title=title,
+            evidence=evidence,
+            remedy=remedy,
+            config_patch=patch,
+            # Only a sampler that leaves SupCon nothing to learn explains a flat loss and LR curve.
+            explains=("loss-bounds", "lr-range-test") if severity is Severity.CRITICAL else (),
+        )
+
+    @staticmethod
+    def _verdict(
+        single_class_share: float, no_positive_share: float, batch_size: int
+    ) -> tuple[Severity, str] | None:
         if single_class_share > SINGLE_CLASS_CRITICAL:
-            yield Finding(
-                check=self.name,
-                severity=Severity.CRITICAL,
-                title=(
-                    f"{single_class_share:.0%} of batches hold a single class: SupCon cannot go "
-                    f"below ln(B-1) = ln({config.batch_size - 1}) = {collapse:.4f}"
-                ),
-                evidence=evidence,
-                remedy=remedy,
-                config_patch=patch,
-                explains=explains,
+            collapse = supcon_collapse_value(batch_size)
+            return Severity.CRITICAL, (
+                f"{single_class_share:.0%} of batches hold a single class: SupCon cannot go "
+                f"below ln(B-1) = ln({batch_size - 1}) = {collapse:.4f}"
             )
-        elif no_positive_share == 1.0:
-            yield Finding(
-                check=self.name,
-                severity=Severity.CRITICAL,
-                title="no anchor has a positive in its batch: SupCon has nothing to learn from",
-                evidence=evidence,
-                remedy=remedy,
-                config_patch=patch,
-                explains=explains,
+        if no_positive_share == 1.0:
+            return (
+                Severity.CRITICAL,
+                "no anchor has a positive in its batch: SupCon has nothing to learn from",
             )
-        elif no_positive_share > NO_POSITIVE_ERROR:
-            yield Finding(
-                check=self.name,
-                severity=Severity.ERROR,
-                title=f"{no_positive_share:.0%} of anchors have no positive in their batch",
-                evidence=evidence,
-                remedy=remedy,
-                config_patch=patch,
-            )
-        elif no_positive_share > NO_POSITIVE_WARNING:
-            yield Finding(
-                check=self.name,
-                severity=Severity.WARNING,
-                title=f"{no_positive_share:.0%} of anchors have no positive in their batch",
-                evidence=evidence,
-                remedy=remedy,
-                config_patch=patch,
-            )
+        title = f"{no_positive_share:.0%} of anchors have no positive in their batch"
+        if no_positive_share > NO_POSITIVE_ERROR:
+            return Severity.ERROR, title
+        if no_positive_share > NO_POSITIVE_WARNING:
+            return Severity.WARNING, title
+        return None
 
     @staticmethod
     def _remedy(ctx: DiagnosisContext) -> tuple[dict[str, object], str]:
