@@ -84,7 +84,7 @@ class SamplerClassMix(Check):
             "collapse_value_ln_b_minus_1": round(collapse, 4),
             "supcon_floor_mean_ln_p": round(floor, 4) if math.isfinite(floor) else None,
         }
-        verdict = self._verdict(single_class_share, no_positive_share, config.batch_size)
+        verdict = self._verdict(single_class_share, no_positive_share, config.batch_size, collapse)
         if verdict is None:
             return
         severity, title = verdict
@@ -102,10 +102,9 @@ class SamplerClassMix(Check):
 
     @staticmethod
     def _verdict(
-        single_class_share: float, no_positive_share: float, batch_size: int
+        single_class_share: float, no_positive_share: float, batch_size: int, collapse: float
     ) -> tuple[Severity, str] | None:
         if single_class_share > SINGLE_CLASS_CRITICAL:
-            collapse = supcon_collapse_value(batch_size)
             return Severity.CRITICAL, (
                 f"{single_class_share:.0%} of batches hold a single class: SupCon cannot go "
                 f"below ln(B-1) = ln({batch_size - 1}) = {collapse:.4f}"
