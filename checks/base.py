@@ -13,6 +13,11 @@ if TYPE_CHECKING:
 PHASES = ("data", "model", "probe")
 
 
+class SkipCheck(Exception):
+    """Raised by `run` when the check does not apply (e.g. nothing is trainable); the reason is
+    reported as the check's `skipped` status."""
+
+
 class Check:
     """Base class of the diagnostic checks; the subclass docstring is the check's manual."""
 

@@ -1,20 +1,37 @@
 """What checks read: the trainer's pieces, built lazily and once from the resolved config.
 
 The builders are the trainer's own (`quad_doctor.trainer.build`), so the doctor inspects exactly
-what `quad-doctor train` would use.
+what `quad-doctor train` would use. Checks must not mutate what the context hands out: a check
+that needs to train works on `model_copy()` and `optimizer_for(copy)`.
 """
 
 from __future__ import annotations
 
+import copy
 from functools import cached_property
 from pathlib import Path
 
 import numpy as np
+import torch
 
-from quad_doctor.trainer.build import build_sampler, dataset_path
+from quad_doctor.trainer.build import (
+    build_loss,
+    build_model,
+    build_optimizer,
+    build_sampler,
+    build_schedule,
+    dataset_path,
+    resolve_device,
+)
 from quad_doctor.trainer.config import Config
-from quad_doctor.trainer.dataset import Manifest, QuadDataset, read_manifest
+from quad_doctor.trainer.dataset import Batch, Manifest, QuadDataset, read_manifest
+from quad_doctor.trainer.losses import SupConLoss
+from quad_doctor.trainer.model import QuadModel
 from quad_doctor.trainer.samplers import BatchSampler
+from quad_doctor.trainer.schedule import LRSchedule
+
+# The epoch whose batches checks inspect; samplers are seeded per epoch, training starts at 1.
+FIRST_EPOCH = 1
 
 
 class DiagnosisContext:
@@ -22,6 +39,8 @@ class DiagnosisContext:
 
     def __init__(self, config: Config) -> None:
         self.config = config
+
+    # -- data ------------------------------------------------------------------------------------
 
     @cached_property
     def dataset_dir(self) -> Path:
@@ -46,3 +65,73 @@ class DiagnosisContext:
     def sampler(self, rank: int = 0, world_size: int = 1) -> BatchSampler:
         """A new sampler as the trainer builds it, so callers cannot disturb each other."""
         return build_sampler(self.config, self.manifest, rank=rank, world_size=world_size)
+
+    @cached_property
+    def steps_per_epoch(self) -> int:
+        """Optimisation steps in one epoch, as the trainer's sampler yields them."""
+        return len(self.sampler())
+
+    def epoch_batches(self, epoch: int = FIRST_EPOCH) -> list[np.ndarray]:
+        """The dataset rows of every batch the trainer's sampler yields in `epoch`."""
+        sampler = self.sampler()
+        sampler.set_epoch(epoch)
+        return sampler.epoch_batches()
+
+    @cached_property
+    def mixed_batch_rows(self) -> np.ndarray:
+        """One fixed training batch with every class as evenly as the data allows.
+
+        Independent of `train.sampler`, so probes that need a batch SupCon can learn from have one
+        even when the configured sampler yields single-class batches.
+        """
+        labels = self.manifest.labels[self.train_rows]
+        rng = np.random.default_rng(self.config.train.seed)
+        by_class = [rng.permutation(self.train_rows[labels == c]) for c in np.unique(labels)]
+        size = min(self.config.train.batch_size, len(self.train_rows))
+        rows: list[int] = []
+        depth = 0
+        while len(rows) < size:  # deal one sample of each class per round
+            rows.extend(int(group[depth]) for group in by_class if depth < len(group))
+            depth += 1
+        return np.sort(np.array(rows[:size]))
+
+    def batch(self, rows: np.ndarray) -> Batch:
+        """The samples at `rows`, on the training device."""
+        return self.dataset.batch(rows).to(self.device)
+
+    # -- model and optimisation -----------------------------------------------------------------
+
+    @cached_property
+    def device(self) -> torch.device:
+        """The device `train.device` resolves to."""
+        return resolve_device(self.config.train.device)
+
+    @cached_property
+    def model(self) -> QuadModel:
+        """The model as training would start it; read it, never change it."""
+        return build_model(self.config, self.dataset).to(self.device)
+
+    def model_copy(self) -> QuadModel:
+        """An independent copy of the model for checks that run forward/backward steps."""
+        return copy.deepcopy(self.model)
+
+    @cached_property
+    def optimizer(self) -> torch.optim.Optimizer | None:
+        """The optimizer training would use; None when no parameter is trainable."""
+        if not any(p.requires_grad for p in self.model.parameters()):
+            return None
+        return build_optimizer(self.config, self.model)
+
+    def optimizer_for(self, model: torch.nn.Module) -> torch.optim.Optimizer:
+        """A fresh optimizer, built as training builds it, over another model (a copy)."""
+        return build_optimizer(self.config, model)
+
+    @cached_property
+    def schedule(self) -> LRSchedule:
+        """The per-step learning-rate schedule training would follow."""
+        return build_schedule(self.config, self.steps_per_epoch)
+
+    @cached_property
+    def loss_fn(self) -> SupConLoss:
+        """The SupCon loss at the configured temperature."""
+        return build_loss(self.config)

@@ -49,9 +49,10 @@ class DataConfig:
 
 @dataclass
 class EncoderConfig:
-    """One modality's encoder."""
+    """One modality's encoder: a backbone, then a linear head; either can be frozen."""
 
     freeze_backbone: bool = False
+    freeze_head: bool = False
 
 
 @dataclass
@@ -68,6 +69,7 @@ class FusionConfig:
     dim: int = 512
     layer_norm: bool = True
     l2_normalize: bool = True
+    freeze: bool = False
 
 
 @dataclass
@@ -172,6 +174,16 @@ def load_config(
         key, value = parse_override(text)
         _set_dotted(tree, key, value)
         origin[key] = "--set"
+    return _build(Config, tree, "", origin)
+
+
+def patched_config(config: Config, patch: dict[str, Any], where: str = "config_patch") -> Config:
+    """A new config: `config` with dotted keys set to new values, validated like `--set`."""
+    tree = config.to_dict()
+    origin: dict[str, str] = {}
+    for key, value in patch.items():
+        _set_dotted(tree, key, value)
+        origin[key] = where
     return _build(Config, tree, "", origin)
 
 

@@ -66,16 +66,16 @@ def conv_stack(
 class ModalityEncoder(nn.Module):
     """A backbone that pools one modality to a vector, then a linear head to `ENCODING_DIM`.
 
-    With `freeze_backbone` the backbone's parameters get `requires_grad=False`; the head always
-    stays trainable, as when fine-tuning only the projection of a pretrained encoder.
+    `freeze_backbone` gives the backbone's parameters `requires_grad=False`, as when fine-tuning
+    only the projection of a pretrained encoder; `freeze_head` does the same to the head.
     """
 
-    def __init__(self, backbone: nn.Module, backbone_width: int, freeze_backbone: bool) -> None:
+    def __init__(self, backbone: nn.Module, backbone_width: int, cfg: EncoderConfig) -> None:
         super().__init__()
         self.backbone = backbone
         self.head = nn.Linear(backbone_width, ENCODING_DIM)
-        if freeze_backbone:
-            self.backbone.requires_grad_(False)
+        self.backbone.requires_grad_(not cfg)
+        self.head.requires_grad_(not cfg.freeze_head)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.backbone(x))
@@ -109,7 +109,7 @@ class VideoEncoder(ModalityEncoder):
     """Video clips (B, T, 3, H, W) in [0, 1] → (B, ENCODING_DIM)."""
 
     def __init__(self, cfg: EncoderConfig) -> None:
-        super().__init__(VideoBackbone(), VIDEO_CHANNELS[-1], cfg.freeze_backbone)
+        super().__init__(VideoBackbone(), VIDEO_CHANNELS[-1], cfg)
 
 
 class AudioEncoder(ModalityEncoder):
@@ -121,7 +121,7 @@ class AudioEncoder(ModalityEncoder):
             nn.AdaptiveAvgPool2d(1),
             nn.Flatten(),
         )
-        super().__init__(backbone, AUDIO_CHANNELS[-1], cfg.freeze_backbone)
+        super().__init__(backbone, AUDIO_CHANNELS[-1], cfg)
 
 
 class SensorEncoder(ModalityEncoder):
@@ -133,7 +133,7 @@ class SensorEncoder(ModalityEncoder):
             nn.AdaptiveAvgPool1d(1),
             nn.Flatten(),
         )
-        super().__init__(backbone, SENSOR_CHANNELS[-1], cfg.freeze_backbone)
+        super().__init__(backbone, SENSOR_CHANNELS[-1], cfg)
 
 
 class TextBackbone(nn.Module):
@@ -176,7 +176,7 @@ class TextEncoder(ModalityEncoder):
     """Token ids (B, L), 0 = padding → (B, ENCODING_DIM); rows may be all padding."""
 
     def __init__(self, cfg: TextEncoderConfig) -> None:
-        super().__init__(TextBackbone(cfg.vocab_size), TEXT_WIDTH, cfg.freeze_backbone)
+        super().__init__(TextBackbone(cfg.vocab_size), TEXT_WIDTH, cfg)
 
 
 class Fusion(nn.Module):
@@ -191,6 +191,7 @@ class Fusion(nn.Module):
         )
         self.norm = nn.LayerNorm(cfg.dim) if cfg.layer_norm else nn.Identity()
         self.l2_normalize = cfg.l2_normalize
+        self.requires_grad_(not cfg.freeze)
 
     def forward(self, encodings: dict[str, Tensor]) -> Tensor:
         x = torch.cat([encodings[name] for name in MODALITIES], dim=1)
