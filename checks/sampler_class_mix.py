@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 
 import numpy as np
@@ -67,8 +66,6 @@ class SamplerClassMix(Check):
         single_class_share = float(np.mean(classes_per_batch == 1))
         no_positive_share = float(np.mean(positives == 0))
         collapse = supcon_collapse_value(config.batch_size)
-        with_positive = positives[positives > 0]
-        floor = float(np.mean(np.log(with_positive))) if len(with_positive) else float("nan")
         evidence = {
             "sampler": config.sampler,
             "batches": len(batches),
@@ -81,8 +78,8 @@ class SamplerClassMix(Check):
             "classes_per_batch_min": int(classes_per_batch.min()),
             "positives_per_anchor_mean": round(float(positives.mean()), 3),
             "anchors_without_positive_fraction": round(no_positive_share, 4),
+            # the floor of a single-class batch, and the loss of collapsed embeddings
             "collapse_value_ln_b_minus_1": round(collapse, 4),
-            "supcon_floor_mean_ln_p": round(floor, 4) if math.isfinite(floor) else None,
         }
         verdict = self._verdict(single_class_share, no_positive_share, config.batch_size, collapse)
         if verdict is None:

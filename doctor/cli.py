@@ -6,14 +6,24 @@ or usage (one line on stderr, no traceback unless `--debug`), 130 interrupted.
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, TypeVar
 
 import typer
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
 
-from quad_doctor.trainer.config import Config, load_config
+from quad_doctor.checks import ALL_CHECKS
+from quad_doctor.context import DiagnosisContext
+from quad_doctor.engine import diagnose as run_diagnosis
+from quad_doctor.engine import find_check
+from quad_doctor.findings import Report, Severity
+from quad_doctor.reports import console as console_report
+from quad_doctor.reports import json as json_report
+from quad_doctor.trainer.config import Config, load_config, save_config
 from quad_doctor.trainer.errors import QuadDoctorError, UsageError
 from quad_doctor.trainer.loop import Trainer, TrainingInterrupted
 from quad_doctor.trainer.rundir import latest_run_dir, new_run_dir
@@ -38,6 +48,24 @@ SetOption = Annotated[
     typer.Option("--set", help="Override one key: KEY=VALUE, dotted key, TOML value; repeatable."),
 ]
 DebugOption = Annotated[bool, typer.Option("--debug", help="Show tracebacks of errors.")]
+RunDirOption = Annotated[
+    Path | None,
+    typer.Option("--run-dir", help="Run directory (default: runs/<timestamp>, runs/latest)."),
+]
+ChecksOption = Annotated[
+    list[str] | None,
+    typer.Option(help="Check names, comma-separated or repeated (see `quad-doctor checks`)."),
+]
+
+
+class FailOn(enum.StrEnum):
+    """The severity at or above which `diagnose` exits 1."""
+
+    critical = "critical"
+    error = "error"
+    warning = "warning"
+    never = "never"
+
 
 T = TypeVar("T")
 
@@ -63,14 +91,110 @@ def _config(config: Path | None, overrides: list[str] | None) -> Config:
     return load_config(config, overrides or [])
 
 
+def _source(config: Path | None, overrides: list[str] | None) -> str:
+    """Where the config came from, as the report's header shows it."""
+    source = str(config) if config else "embedded default"
+    return source + "".join(f" --set {item}" for item in overrides or [])
+
+
+def _names(values: list[str] | None) -> list[str]:
+    return [name.strip() for value in values or [] for name in value.split(",") if name.strip()]
+
+
+def exit_code(report: Report, fail_on: FailOn) -> int:
+    """1 when a finding is at or above `fail_on`, or a check crashed; else 0."""
+    if any(run.status == "error" for run in report.checks) and fail_on is not FailOn.never:
+        return 1
+    if fail_on is FailOn.never or report.worst is None:
+        return 0
+    return int(report.worst >= Severity.parse(fail_on.value))
+
+
+def _check_progress() -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    )
+
+
+@app.command()
+def diagnose(
+    config: ConfigOption = None,
+    set_: SetOption = None,
+    json_path: Annotated[
+        Path | None, typer.Option("--json", help="Also write the JSON report here.")
+    ] = None,
+    only: ChecksOption = None,
+    skip: ChecksOption = None,
+    fail_on: Annotated[
+        FailOn, typer.Option("--fail-on", help="Exit 1 on findings at or above this severity.")
+    ] = FailOn.error,
+    run_dir: RunDirOption = None,
+    debug: DebugOption = False,
+) -> None:
+    """Run the ordered checks against the trainer built from the config; print a ranked report."""
+
+    def action() -> int:
+        resolved = _config(config, set_)
+        ctx = DiagnosisContext(resolved)
+        with _check_progress() as progress:
+            task = progress.add_task("preparing", total=None)
+
+            def on_check(name: str, index: int, total: int) -> None:
+                progress.update(task, description=name, completed=index, total=total)
+
+            report = run_diagnosis(resolved, _names(only), _names(skip), ctx=ctx, on_check=on_check)
+        report.context["config_source"] = _source(config, set_)
+        console_report.render(report, console)
+        if json_path is not None:
+            json_report.render(report, json_path)
+        target = new_run_dir(run_dir)
+        save_config(resolved, target / "config.toml")
+        json_report.render(report, target / "report.json")
+        console.print(
+            f"report: {json_path or target / 'report.json'}", highlight=False, soft_wrap=True
+        )
+        return exit_code(report, fail_on)
+
+    raise typer.Exit(_guarded(debug, action))
+
+
+@app.command("checks")
+def list_checks() -> None:
+    """List the checks in causal order, with their phase and first line of documentation."""
+    table = Table(box=None, header_style="dim", padding=(0, 2))
+    for column in ("order", "check", "phase", "what it checks"):
+        table.add_column(column, no_wrap=column != "what it checks")
+    for check in ALL_CHECKS:
+        summary = check.doc().splitlines()[0] if check.doc() else ""
+        table.add_row(str(check.order), check.name, check.phase, summary)
+    console.print(table)
+
+
+@app.command()
+def explain(
+    name: Annotated[str, typer.Argument(help="A check name, as `quad-doctor checks` lists.")],
+    debug: DebugOption = False,
+) -> None:
+    """Print one check's documentation: what it checks, why it matters, an example, the fix."""
+
+    def action() -> None:
+        check = find_check(name)
+        console.print(f"{check.name}  (phase {check.phase}, order {check.order})", style="bold")
+        console.print(check.doc(), markup=False, highlight=False)
+
+    _guarded(debug, action)
+
+
 @app.command()
 def train(
     config: ConfigOption = None,
     set_: SetOption = None,
-    run_dir: Annotated[
-        Path | None,
-        typer.Option("--run-dir", help="Run directory (default: runs/<timestamp>, runs/latest)."),
-    ] = None,
+    run_dir: RunDirOption = None,
     resume: Annotated[
         bool, typer.Option("--resume", help="Continue the run in --run-dir (default: latest).")
     ] = False,

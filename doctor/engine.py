@@ -1,21 +1,42 @@
-"""The engine: run the selected checks in causal order, time each, rank what they find."""
+"""The engine: run the checks in causal order, time each, verify remedies, rank what they find."""
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
+import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+
+import numpy as np
+import torch
 
 from quad_doctor.checks import ALL_CHECKS, Check
+from quad_doctor.checks.base import SkipCheck
 from quad_doctor.context import DiagnosisContext
-from quad_doctor.findings import CheckRun, Finding, Report, Severity, rank_findings
-from quad_doctor.trainer.config import Config
+from quad_doctor.findings import CheckRun, Finding, Report, Severity, Verification, rank_findings
+from quad_doctor.trainer.config import Config, patched_config
 from quad_doctor.trainer.errors import QuadDoctorError, UsageError
+
+# Phases cheap enough to re-run on a patched config: no training steps.
+CHEAP_PHASES = ("data", "model")
+
+# Called as each check starts: (check name, index, number of checks).
+ProgressHook = Callable[[str, int, int], None]
 
 
 def check_names() -> list[str]:
     """Every check's name, in causal order."""
     return [check.name for check in ALL_CHECKS]
+
+
+def find_check(name: str) -> type[Check]:
+    """The check called `name`; an unknown name is a usage error with the closest one suggested."""
+    for check in ALL_CHECKS:
+        if check.name == name:
+            return check
+    raise UsageError(f"unknown check '{name}'{_suggestion(name)}")
 
 
 def select_checks(only: Sequence[str] = (), skip: Sequence[str] = ()) -> tuple[type[Check], ...]:
@@ -24,41 +45,124 @@ def select_checks(only: Sequence[str] = (), skip: Sequence[str] = ()) -> tuple[t
     for option, given in (("--only", only), ("--skip", skip)):
         for name in given:
             if name not in names:
-                close = difflib.get_close_matches(name, names, n=1)
-                hint = f"; did you mean '{close[0]}'?" if close else ""
-                raise UsageError(f"{option}: unknown check '{name}'{hint}")
+                raise UsageError(f"{option}: unknown check '{name}'{_suggestion(name)}")
     return tuple(
         check for check in ALL_CHECKS if (not only or check.name in only) and check.name not in skip
     )
 
 
-def diagnose(config: Config, only: Sequence[str] = (), skip: Sequence[str] = ()) -> Report:
+def _suggestion(name: str) -> str:
+    close = difflib.get_close_matches(name, check_names(), n=1)
+    return f"; did you mean '{close[0]}'?" if close else ""
+
+
+@contextmanager
+def isolated_rng(seed: int) -> Iterator[None]:
+    """Run a block with seeded RNG streams, then restore Python's, NumPy's and torch's exactly."""
+    python_state = random.getstate()
+    numpy_state = np.random.get_state()
+    cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
+    try:
+        with torch.random.fork_rng(devices=cuda):
+            torch.manual_seed(seed)
+            yield
+    finally:
+        random.setstate(python_state)
+        np.random.set_state(numpy_state)
+
+
+def run_check(check: type[Check], ctx: DiagnosisContext) -> tuple[CheckRun, list[Finding]]:
+    """Run one check: its findings and how it ran. Bad input propagates as `QuadDoctorError`;
+    any other exception becomes status `error` with its message."""
+    started = time.perf_counter()
+    try:
+        with isolated_rng(ctx.config.train.seed):
+            found = list(check().run(ctx))
+    except SkipCheck as exc:
+        return CheckRun(check.name, "skipped", time.perf_counter() - started, str(exc)), []
+    except QuadDoctorError:
+        raise
+    except Exception as exc:  # a crashing check must not hide the others' findings
+        message = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        return CheckRun(check.name, "error", time.perf_counter() - started, message), []
+    status = "fail" if any(f.severity >= Severity.WARNING for f in found) else "pass"
+    return CheckRun(check.name, status, time.perf_counter() - started), found
+
+
+def verify(finding: Finding, config: Config) -> Verification:
+    """Apply the finding's patch and re-run its check and the cheap checks it explains.
+
+    Verified when none of them finds anything at warning or above on the patched config.
+    """
+    try:
+        patched = patched_config(config, finding.config_patch)
+        ctx = DiagnosisContext(patched)
+        names = (finding.check, *finding.explains)
+        checks = [c for c in ALL_CHECKS if c.name in names]
+        checks = [c for c in checks if c.name == finding.check or c.phase in CHEAP_PHASES]
+        statuses: dict[str, str] = {}
+        remaining: list[str] = []
+        for check in checks:
+            run, found = run_check(check, ctx)
+            statuses[check.name] = run.status
+            remaining += [f.title for f in found if f.severity >= Severity.WARNING]
+    except QuadDoctorError as exc:
+        return Verification(False, {}, message=f"the patch cannot be applied: {exc}")
+    ok = not remaining and all(status in ("pass", "skipped") for status in statuses.values())
+    return Verification(ok, statuses, tuple(remaining))
+
+
+def diagnose(
+    config: Config,
+    only: Sequence[str] = (),
+    skip: Sequence[str] = (),
+    ctx: DiagnosisContext | None = None,
+    on_check: ProgressHook | None = None,
+    verify_remedies: bool = True,
+) -> Report:
     """Run the selected checks against the trainer built from `config` and rank the findings.
 
     Bad input (a broken config or dataset) propagates as a `QuadDoctorError`; any other exception
-    inside a check becomes that check's `error` status while the others still run.
+    inside a check becomes that check's `error` status while the others still run. Findings with
+    a config patch at warning or above get the patch verified on a patched config.
     """
+    started = time.perf_counter()
     selected = select_checks(only, skip)
-    ctx = DiagnosisContext(config)
+    ctx = ctx or DiagnosisContext(config)
     findings: list[Finding] = []
     runs: list[CheckRun] = []
-    for check in selected:
-        started = time.perf_counter()
-        try:
-            found = list(check().run(ctx))
-        except QuadDoctorError:
-            raise
-        except Exception as exc:  # a crashing check must not hide the others' findings
-            message = f"{type(exc).__name__}: {exc}".splitlines()[0]
-            runs.append(CheckRun(check.name, "error", time.perf_counter() - started, message))
-            continue
-        failed = any(f.severity >= Severity.WARNING for f in found)
-        status = "fail" if failed else "pass"
-        runs.append(CheckRun(check.name, status, time.perf_counter() - started))
+    for index, check in enumerate(selected):
+        if on_check:
+            on_check(check.name, index, len(selected))
+        run, found = run_check(check, ctx)
+        runs.append(run)
         findings.extend(found)
+    if verify_remedies:
+        if on_check:
+            on_check("verifying remedies", len(selected), len(selected))
+        findings = [
+            dataclasses.replace(f, verification=verify(f, config))
+            if f.config_patch and f.severity >= Severity.WARNING
+            else f
+            for f in findings
+        ]
     order = {check.name: check.order for check in ALL_CHECKS}
     return Report(
         findings=rank_findings(findings, order),
         checks=tuple(runs),
-        context={"config": config.to_dict(), "dataset": str(ctx.dataset_dir)},
+        context=describe(ctx),
+        duration_s=time.perf_counter() - started,
     )
+
+
+def describe(ctx: DiagnosisContext) -> dict[str, object]:
+    """What was diagnosed, for the report's header: config, dataset and device."""
+    manifest = ctx.manifest
+    return {
+        "config": ctx.config.to_dict(),
+        "dataset": str(ctx.dataset_dir),
+        "embedded_default": not ctx.config.data.path,
+        "num_samples": len(manifest.labels),
+        "classes": list(manifest.class_names),
+        "device": str(ctx.device),
+    }

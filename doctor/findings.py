@@ -27,6 +27,25 @@ class Severity(enum.IntEnum):
 
 
 @dataclass(frozen=True)
+class Verification:
+    """What the engine saw when it re-ran a finding's check on the config with its patch applied."""
+
+    verified: bool
+    statuses: dict[str, str]  # check name -> status on the patched config
+    remaining: tuple[str, ...] = ()  # titles of findings (warning or worse) that did not go away
+    message: str = ""  # why the patch could not be tried, when it could not
+
+    def to_dict(self) -> dict[str, Any]:
+        """The verification as JSON-able data."""
+        return {
+            "verified": self.verified,
+            "statuses": dict(self.statuses),
+            "remaining": list(self.remaining),
+            "message": self.message,
+        }
+
+
+@dataclass(frozen=True)
 class Finding:
     """One diagnosis: what is wrong, the numbers that show it, and what to change."""
 
@@ -37,12 +56,15 @@ class Finding:
     remedy: str = ""
     config_patch: dict[str, Any] = field(default_factory=dict)
     explains: tuple[str, ...] = ()
+    verification: Verification | None = None  # set by the engine for findings with a patch
 
     def to_dict(self) -> dict[str, Any]:
-        """The finding as JSON-able data."""
+        """The finding as JSON-able data; `verified` is null when there was no patch to try."""
         data = asdict(self)
         data["severity"] = str(self.severity)
         data["explains"] = list(self.explains)
+        data["verified"] = self.verification.verified if self.verification else None
+        data["verification"] = self.verification.to_dict() if self.verification else None
         return data
 
 
@@ -80,6 +102,12 @@ class Report:
     findings: tuple[RankedFinding, ...]
     checks: tuple[CheckRun, ...]
     context: dict[str, Any] = field(default_factory=dict)
+    duration_s: float = 0.0
+
+    def count(self, severity: Severity) -> int:
+        """How many findings, explained ones included, have exactly this severity."""
+        every = [r.finding for r in self.findings] + [f for r in self.findings for f in r.explained]
+        return sum(f.severity is severity for f in every)
 
     @property
     def worst(self) -> Severity | None:
@@ -95,32 +123,56 @@ class Report:
             "findings": [r.to_dict() for r in self.findings],
             "checks": [asdict(c) for c in self.checks],
             "context": self.context,
+            "duration_s": round(self.duration_s, 3),
         }
 
 
 def rank_findings(findings: list[Finding], order: dict[str, int]) -> tuple[RankedFinding, ...]:
-    """Severity first, then causal order; a finding another one explains is nested under it.
+    """Root causes ranked by severity, then causal order; what each explains is nested under it.
 
-    An upstream fault explains downstream symptoms, so a finding named in another's `explains`
-    is shown under that cause instead of as a root cause of its own.
+    An upstream fault explains downstream symptoms: a finding named in the `explains` of a finding
+    from an earlier check is not a root cause of its own, and is shown under the root its chain of
+    causes leads to. A root ranks by the worst severity among itself and what it explains, so the
+    cause of a critical symptom is never ranked below an unrelated warning.
     """
 
-    def key(finding: Finding) -> tuple[int, int]:
-        return (-int(finding.severity), order.get(finding.check, len(order)))
+    def position(finding: Finding) -> int:
+        return order.get(finding.check, len(order))
 
-    ordered = sorted(findings, key=key)
-    explained_by: dict[int, int] = {}
-    for i, cause in enumerate(ordered):
-        for j, effect in enumerate(ordered):
-            if i != j and j not in explained_by and effect.check in cause.explains:
-                if i not in explained_by:  # a cause that is itself explained passes nothing on
-                    explained_by[j] = i
-    roots = [i for i in range(len(ordered)) if i not in explained_by]
+    causes: dict[int, int] = {}
+    for j, effect in enumerate(findings):
+        upstream = [
+            i
+            for i, cause in enumerate(findings)
+            if effect.check in cause.explains and position(cause) < position(effect)
+        ]
+        if upstream:
+            causes[j] = min(upstream, key=lambda i: position(findings[i]))
+
+    def root_of(j: int) -> int:
+        while j in causes:
+            j = causes[j]
+        return j
+
+    nested: dict[int, list[int]] = {}
+    for j in causes:
+        nested.setdefault(root_of(j), []).append(j)
+
+    def key(i: int) -> tuple[int, int]:
+        members = [findings[k] for k in (i, *nested.get(i, []))]
+        return (-max(int(f.severity) for f in members), position(findings[i]))
+
+    roots = sorted((i for i in range(len(findings)) if i not in causes), key=key)
     return tuple(
         RankedFinding(
             rank=rank,
-            finding=ordered[i],
-            explained=tuple(ordered[j] for j, cause in explained_by.items() if cause == i),
+            finding=findings[i],
+            explained=tuple(
+                sorted(
+                    (findings[j] for j in nested.get(i, [])),
+                    key=lambda f: (-int(f.severity), position(f)),
+                )
+            ),
         )
         for rank, i in enumerate(roots, start=1)
     )

@@ -44,6 +44,22 @@ def latest_run_dir() -> Path | None:
     return latest.resolve() if latest.exists() else None
 
 
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    """Write `text` to `path` through a temporary file and a rename: never half-written."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with tmp.open("w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
 class JsonLines:
     """An append-only JSON-lines file, flushed after every row so nothing is lost on a crash."""
 
@@ -67,6 +83,4 @@ class JsonLines:
     def keep(self, predicate) -> None:
         """Rewrite the file keeping only the rows for which `predicate(row)` is true."""
         rows = [row for row in self.read() if predicate(row)]
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
-        os.replace(tmp, self.path)
+        write_text_atomic(self.path, "".join(json.dumps(row) + "\n" for row in rows))
