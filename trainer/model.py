@@ -74,7 +74,7 @@ class ModalityEncoder(nn.Module):
         super().__init__()
         self.backbone = backbone
         self.head = nn.Linear(backbone_width, ENCODING_DIM)
-        self.backbone.requires_grad_(not cfg)
+        self.backbone.requires_grad_(not cfg.freeze_backbone)
         self.head.requires_grad_(not cfg.freeze_head)
 
     def forward(self, x: Tensor) -> Tensor:
