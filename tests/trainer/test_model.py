@@ -178,3 +178,16 @@ def test_encode_returns_the_four_encodings(model: QuadModel) -> None:
 def test_too_long_text_is_rejected(model: QuadModel) -> None:
     with pytest.raises(ValueError, match="at most"):
         model.encoders["text"](torch.ones(1, 10_000, dtype=torch.long))
+
+
+def test_freeze_head_and_fusion_freeze_exactly_those_modules() -> None:
+    cfg = small_config(freeze=True)
+    cfg.sensor.freeze_head = True
+    model = build_model(cfg)
+    frozen = {name for name, p in model.named_parameters() if not p.requires_grad}
+    expected = {
+        f"encoders.sensor.head.{name}"
+        for name, _ in model.encoders["sensor"].head.named_parameters()
+    }
+    expected |= {f"fusion.{name}" for name, _ in model.fusion.named_parameters()}
+    assert frozen == expected
