@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: diagnose test lint bench clean
+.PHONY: diagnose test lint docs bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -13,16 +13,19 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 
-# Until the doctor lands, `make diagnose` trains the embedded default (its first diagnosis is the
-# metrics it writes); it becomes `quad-doctor diagnose` with the doctor.
+# Diagnose the embedded default: the default config on the deterministic synthetic dataset.
 diagnose: $(STAMP)
-	$(BIN)/quad-doctor train
+	$(BIN)/quad-doctor diagnose
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+# docs/checks/ is generated from the checks' docstrings; a test fails when it is stale.
+docs: $(STAMP)
+	$(BIN)/python -m quad_doctor.docs docs/checks
 
 clean:
 	rm -rf $(VENV) build *.egg-info

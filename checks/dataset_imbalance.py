@@ -72,10 +72,14 @@ class DatasetImbalance(Check):
             return Finding(self.name, severity, title, evidence, remedy, explains=explains)
 
         if majority_share > MAJORITY_SHARE_ERROR:
+            if ctx.config.train.sampler == "stratified":
+                consequence = "the stratified sampler must repeat the other classes' few samples"
+            else:
+                consequence = "batches are nearly single-class"
             yield finding(
                 Severity.ERROR,
                 f"'{classes[majority]}' holds {majority_share:.0%} of the training data: "
-                "batches cannot mix classes",
+                + consequence,
                 "Rebalance the data: collect or synthesise minority samples.",
                 explains=("sampler-class-mix", "loss-bounds", "lr-range-test"),
             )
