@@ -4,9 +4,17 @@ from __future__ import annotations
 
 from quad_doctor.checks.base import Check
 from quad_doctor.checks.dataset_imbalance import DatasetImbalance
+from quad_doctor.checks.frozen_parameters import FrozenParameters
 from quad_doctor.checks.loss_bounds import LossBounds
+from quad_doctor.checks.lr_schedule import LRScheduleCheck
 from quad_doctor.checks.sampler_class_mix import SamplerClassMix
 
-ALL_CHECKS: tuple[type[Check], ...] = (DatasetImbalance, SamplerClassMix, LossBounds)
+ALL_CHECKS: tuple[type[Check], ...] = (
+    DatasetImbalance,
+    SamplerClassMix,
+    LossBounds,
+    FrozenParameters,
+    LRScheduleCheck,
+)
 
 __all__ = ["ALL_CHECKS", "Check"]

@@ -1,0 +1,230 @@
+"""lr-schedule: the learning rate training will apply at every step, and what it can move."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import torch
+
+from quad_doctor.checks.base import Check, SkipCheck
+from quad_doctor.context import DiagnosisContext
+from quad_doctor.findings import Finding, Severity
+from quad_doctor.trainer.config import TrainConfig
+
+# Adam(W) normalises each step to about `lr` per weight whatever the gradient's size, so over a
+# run a weight moves at most the sum of the learning rates. Below a thousandth of the weights'
+# typical size, every layer's output changes in the third decimal at most: nothing is learned.
+# On the embedded default the bound at the peak is ~1.5 for learning_rate 1e-4, ~0.015 for
+# 1e-6 (slow but real, ten times above this line) and ~1.5e-6 for 1e-10 (the story's flat run).
+NEGLIGIBLE_MOVEMENT = 1e-3
+# One Adam step moves every weight by about `lr`. At or past the weights' whole typical size
+# (~0.07 at initialisation here) each step rewrites the weights: lr 1e-1 is 1.4 of it.
+ABSURD_STEP = 1.0
+# A tenth of that size per step (lr ≳ 7e-3 here) is far above what SupCon fine-tunes with
+# (1e-4 trains the default to 0.94 accuracy, docs/benchmarks.md): worth a look, not yet broken.
+LARGE_STEP = 0.1
+# What a bad peak is replaced by: the trainer's default, which the convergence benchmark trains
+# with (docs/benchmarks.md).
+RECOMMENDED_LEARNING_RATE = 1e-4
+# Warm-up start and cosine floor two decades below the peak (the default floor is 1e-6 for 1e-4).
+BELOW_PEAK = 100.0
+# A repaired warm-up takes a tenth of training (the default's is a third; a tenth to a third
+# are both common), and always leaves at least one epoch after it.
+WARMUP_SHARE = 0.1
+# Points of the per-step schedule the evidence carries, for a report to plot.
+SCHEDULE_POINTS = 50
+
+
+def weight_scale(model: torch.nn.Module) -> float | None:
+    """The typical size of the trainable weights: median RMS of their weight tensors.
+
+    Weight matrices, conv kernels and embedding tables (two or more axes) only: biases start at
+    zero and norm gains at one, so they say nothing about the scale. None if nothing trains.
+    """
+    trainable = [p.detach() for p in model.parameters() if p.requires_grad]
+    weights = [p for p in trainable if p.ndim >= 2] or trainable
+    if not weights:
+        return None
+    # vector_norm is one kernel per tensor; pow/mean/sqrt took ~1 ms per tensor on 2 CPU cores
+    return statistics.median(
+        float(torch.linalg.vector_norm(w.float())) / math.sqrt(w.numel()) for w in weights
+    )
+
+
+def sampled_schedule(lrs: np.ndarray, points: int = SCHEDULE_POINTS) -> list[list[float]]:
+    """At most `points` evenly spaced [step, lr] pairs, first and last step included."""
+    steps = np.unique(np.linspace(0, len(lrs) - 1, min(points, len(lrs))).round().astype(int))
+    return [[int(step), float(f"{lrs[step]:.4g}")] for step in steps]
+
+
+def repaired_warmup_epochs(num_epochs: int) -> int:
+    """A warm-up of about `WARMUP_SHARE` of training, at least one epoch, always shorter than it."""
+    return min(num_epochs - 1, max(1, round(num_epochs * WARMUP_SHARE)))
+
+
+class LRScheduleCheck(Check):
+    """The per-step learning-rate schedule training will apply, and how far it can move weights.
+
+    What it checks:
+        Samples the trainer's own schedule at every step of the run (`num_epochs` × steps per
+        epoch): warm-up start, peak and end. Flags a warm-up as long as training, a warm-up start
+        or `min_lr` above the peak, and a peak that is negligible or absurd against the scale of
+        the trainable weights (the median RMS of their weight tensors). For Adam(W), whose step
+        moves each weight by about `lr`, a run moves a weight by at most the sum of its learning
+        rates; for SGD the step scales with the gradient, which a model-phase check does not see,
+        so only the schedule's shape is judged.
+
+    Why it matters:
+        A learning rate of 1e-10 over 1,110 steps moves each weight by at most 1e-7, against
+        weights of ~0.07: the loss stays flat and it looks like nothing else is wrong. An
+        `lr` of 1e-1 moves each weight by more than its whole size at every step. A warm-up that
+        never ends never reaches the peak; a warm-up start or `min_lr` above the peak turns the
+        warm-up into a decay and the decay into a rise.
+
+    Example:
+        `--set train.learning_rate=1e-10`: "learning_rate 1e-10 cannot move the weights: 1,110
+        steps at it move each by at most 1.5e-06 of their size (and warmup_start_lr 1e-07,
+        min_lr 1e-06 lie above it)".
+
+    Fix:
+        Take `learning_rate` back to 1e-4 (the default the trainer converges with) when it is
+        negligible or absurd; keep `warmup_start_lr` and `min_lr` a hundred times below it; warm
+        up for a tenth to a third of `num_epochs`. The `lr-range-test` check measures the best
+        learning rate on the real model.
+    """
+
+    name = "lr-schedule"
+    phase = "model"
+    order = 60
+
+    def run(self, ctx: DiagnosisContext) -> Iterator[Finding]:
+        evidence = self._measure(ctx)
+        yield from self._verdicts(evidence, ctx.config.train)
+
+    @staticmethod
+    def _measure(ctx: DiagnosisContext) -> dict[str, Any]:
+        """The applied schedule and the movement bound it gives against the weights' scale."""
+        scale = weight_scale(ctx.model)
+        if scale is None:
+            raise SkipCheck("no parameter is trainable, so no learning rate applies")
+        config = ctx.config.train
+        schedule = ctx.schedule
+        lrs = np.array(schedule.all_steps())
+        warmup_steps = schedule.warmup_steps if config.lr_scheduler == "cosine_warmup" else 0
+        adam = config.optimizer == "adamw"
+        sum_lr = float(lrs.sum())
+        return {
+            "lr_scheduler": config.lr_scheduler,
+            "optimizer": config.optimizer,
+            "total_steps": schedule.total_steps,
+            "steps_per_epoch": schedule.steps_per_epoch,
+            "warmup_steps": warmup_steps,
+            "warmup_start_lr": float(lrs[0]),
+            "peak_lr": config.learning_rate,
+            "max_applied_lr": float(lrs.max()),
+            "end_lr": float(lrs[-1]),
+            "sum_lr": float(f"{sum_lr:.4g}"),
+            "weight_scale_rms": round(scale, 4),
+            # Adam(W) only: SGD's step is lr × gradient, which this check does not measure.
+            "relative_movement": float(f"{sum_lr / scale:.3g}") if adam else None,
+            "peak_relative_movement": (
+                float(f"{config.learning_rate * schedule.total_steps / scale:.3g}")
+                if adam
+                else None
+            ),
+            "peak_step_fraction": float(f"{config.learning_rate / scale:.3g}") if adam else None,
+            "schedule": sampled_schedule(lrs),
+        }
+
+    def _verdicts(self, evidence: dict[str, Any], config: TrainConfig) -> Iterator[Finding]:
+        peak = config.learning_rate
+        cosine = config.lr_scheduler == "cosine_warmup"
+        warmup_applies = cosine and evidence["warmup_steps"] > 0
+        start_above = warmup_applies and config.warmup_start_lr > peak
+        # judged even when a warm-up as long as training hides the decay: its repair exposes it
+        floor_above = cosine and config.min_lr > peak
+
+        def finding(severity: Severity, title: str, remedy: str, patch: dict) -> Finding:
+            return Finding(self.name, severity, title, evidence, remedy, patch)
+
+        bad_peak = self._peak_verdict(evidence, peak)
+        if bad_peak is not None:
+            severity, title = bad_peak
+            # The new peak must stay above the warm-up start and the floor it would run between.
+            patch: dict[str, object] = {"train.learning_rate": RECOMMENDED_LEARNING_RATE}
+            if cosine and config.warmup_start_lr > RECOMMENDED_LEARNING_RATE:
+                patch["train.warmup_start_lr"] = RECOMMENDED_LEARNING_RATE / BELOW_PEAK
+            if cosine and config.min_lr > RECOMMENDED_LEARNING_RATE:
+                patch["train.min_lr"] = RECOMMENDED_LEARNING_RATE / BELOW_PEAK
+            above = [
+                f"{key} {value:g}"
+                for key, value, wrong in (
+                    ("warmup_start_lr", config.warmup_start_lr, start_above),
+                    ("min_lr", config.min_lr, floor_above),
+                )
+                if wrong
+            ]
+            if above:
+                title += f" (and {', '.join(above)} lie above it)"
+            yield finding(
+                severity,
+                title,
+                f"Set train.learning_rate = {RECOMMENDED_LEARNING_RATE:g}, the default the trainer "
+                "converges with, then confirm it with the lr-range-test.",
+                patch,
+            )
+        if cosine and config.warmup_epochs >= config.num_epochs:
+            epochs = repaired_warmup_epochs(config.num_epochs)
+            yield finding(
+                Severity.ERROR,
+                f"warm-up ({config.warmup_epochs} epochs) lasts as long as training "
+                f"({config.num_epochs}): the peak {peak:g} is never reached and nothing decays",
+                f"Warm up for about a tenth of training: train.warmup_epochs = {epochs}.",
+                {"train.warmup_epochs": epochs},
+            )
+        # With a bad peak, the peak's finding already repairs what lies above it.
+        if start_above and bad_peak is None:
+            start = peak / BELOW_PEAK
+            yield finding(
+                Severity.ERROR,
+                f"warmup_start_lr {config.warmup_start_lr:g} is above learning_rate {peak:g}: "
+                "the warm-up lowers the learning rate",
+                f"Start the warm-up below the peak: train.warmup_start_lr = {start:g}.",
+                {"train.warmup_start_lr": start},
+            )
+        if floor_above and bad_peak is None:
+            floor = peak / BELOW_PEAK
+            yield finding(
+                Severity.ERROR,
+                f"min_lr {config.min_lr:g} is above learning_rate {peak:g}: "
+                "the cosine decay raises the learning rate",
+                f"Decay below the peak: train.min_lr = {floor:g}.",
+                {"train.min_lr": floor},
+            )
+
+    @staticmethod
+    def _peak_verdict(evidence: dict[str, Any], peak: float) -> tuple[Severity, str] | None:
+        if evidence["optimizer"] != "adamw":
+            return None  # SGD's step size depends on the gradient; only the shape is judged
+        movement = evidence["peak_relative_movement"]
+        step = evidence["peak_step_fraction"]
+        if movement < NEGLIGIBLE_MOVEMENT:
+            return Severity.ERROR, (
+                f"learning_rate {peak:g} cannot move the weights: {evidence['total_steps']:,} "
+                f"steps at it move each by at most {movement:.2g} of their size"
+            )
+        if step >= ABSURD_STEP:
+            return Severity.ERROR, (
+                f"learning_rate {peak:g} is absurd: each Adam step moves every weight by "
+                f"{step:.2g}× its typical size ({evidence['weight_scale_rms']:.2g})"
+            )
+        if step >= LARGE_STEP:
+            return Severity.WARNING, (
+                f"learning_rate {peak:g} is very large: each Adam step moves every weight by "
+                f"{step:.0%} of its typical size ({evidence['weight_scale_rms']:.2g})"
+            )
+        return None
