@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from quad_doctor.checks.base import Check
+from quad_doctor.checks.data_integrity import DataIntegrity
 from quad_doctor.checks.dataset_imbalance import DatasetImbalance
 from quad_doctor.checks.frozen_parameters import FrozenParameters
 from quad_doctor.checks.loss_bounds import LossBounds
@@ -10,6 +11,7 @@ from quad_doctor.checks.lr_schedule import LRScheduleCheck
 from quad_doctor.checks.sampler_class_mix import SamplerClassMix
 
 ALL_CHECKS: tuple[type[Check], ...] = (
+    DataIntegrity,
     DatasetImbalance,
     SamplerClassMix,
     LossBounds,

@@ -1,0 +1,188 @@
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from quad_doctor.checks.data_integrity import DataIntegrity
+from quad_doctor.context import DiagnosisContext
+from quad_doctor.errors import DatasetError
+from quad_doctor.findings import Severity
+from quad_doctor.trainer.config import SyntheticConfig, load_config
+from quad_doctor.trainer.synthetic import write_dataset
+
+SMALL = "data.synthetic.num_samples=240"
+
+
+def findings(*overrides):
+    return list(DataIntegrity().run(DiagnosisContext(load_config(overrides=list(overrides)))))
+
+
+def on_disk(directory):
+    return f'data.path="{directory}"'
+
+
+def only(found, severity):
+    (finding,) = found
+    assert finding.severity is severity
+    return finding
+
+
+class DatasetCopy:
+    """A private copy of a dataset directory to break on purpose."""
+
+    def __init__(self, source, target):
+        self.path = shutil.copytree(source, target)
+
+    def manifest(self):
+        return pd.read_csv(self.path / "manifest.csv", dtype={"sample_id": str})
+
+    def save_manifest(self, table):
+        table.to_csv(self.path / "manifest.csv", index=False)
+
+    def array(self, modality):
+        return np.load(self.path / f"{modality}.npy")
+
+    def save_array(self, modality, array):
+        np.save(self.path / f"{modality}.npy", array)
+
+    def copy_content(self, sources, targets):
+        """Make the samples at `targets` byte-identical to those at `sources`, ids unchanged."""
+        for modality in ("video", "audio", "sensor", "text"):
+            array = self.array(modality)
+            array[targets] = array[sources]
+            self.save_array(modality, array)
+
+    def findings(self):
+        return findings(on_disk(self.path))
+
+
+@pytest.fixture
+def dataset_copy(small_dataset, tmp_path):
+    return DatasetCopy(small_dataset, tmp_path / "data")
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_healthy_data_of_several_seeds_is_quiet(seed):
+    assert findings(SMALL, f"data.synthetic.seed={seed}") == []
+
+
+def test_nan_samples_are_critical_and_named():
+    found = only(findings(SMALL, "data.synthetic.nan_fraction=0.05"), Severity.CRITICAL)
+    assert found.title.startswith("12 of 240 samples hold NaN or Inf (sensor 12)")
+    assert found.evidence["samples"] == 12
+    assert list(found.evidence["by_modality"]) == ["sensor"]
+    assert found.config_patch == {"data.synthetic.nan_fraction": 0.0}
+    assert set(found.explains) == {"loss-bounds", "lr-range-test", "gradient-flow"}
+    ctx = DiagnosisContext(load_config(overrides=[SMALL, "data.synthetic.nan_fraction=0.05"]))
+    named = np.isin(ctx.manifest.sample_ids, found.evidence["first_sample_ids"])
+    assert named.sum() == len(found.evidence["first_sample_ids"]) > 0
+    assert (~np.isfinite(ctx.dataset.arrays["sensor"][named])).any(axis=(1, 2)).all()
+
+
+def test_nan_in_a_dataset_on_disk_gets_no_config_patch(tmp_path):
+    directory = write_dataset(SyntheticConfig(num_samples=240, nan_fraction=0.02), tmp_path / "d")
+    found = only(findings(on_disk(directory)), Severity.CRITICAL)
+    assert found.evidence["samples"] == 5
+    assert found.config_patch == {}
+
+
+@pytest.mark.parametrize("modality", ["video", "audio", "sensor", "text"])
+def test_each_dead_modality_is_an_error_that_explains_gradient_flow(modality):
+    found = only(findings(SMALL, f'data.synthetic.dead_modality="{modality}"'), Severity.ERROR)
+    assert found.title.startswith(f"the {modality} stream is dead: every sample is the same")
+    assert found.evidence["modality"] == modality
+    assert found.evidence["distinct_samples"] == 1
+    assert found.config_patch == {"data.synthetic.dead_modality": ""}
+    assert found.explains == ("gradient-flow",)
+
+
+def test_a_stream_out_of_step_with_the_labels_has_no_class_signal(dataset_copy):
+    sensor = dataset_copy.array("sensor")
+    dataset_copy.save_array("sensor", sensor[np.random.default_rng(0).permutation(len(sensor))])
+    found = only(dataset_copy.findings(), Severity.ERROR)
+    assert found.title.startswith("the sensor stream carries no class signal")
+    lift = found.evidence["class_signal_lift"]
+    assert lift["sensor"] < found.evidence["silent_below"] < min(lift["video"], lift["text"])
+    assert found.config_patch == {}
+
+
+def test_labels_unrelated_to_every_stream_are_blamed_once():
+    found = only(findings(SMALL, "data.synthetic.label_noise=1.0"), Severity.ERROR)
+    assert "no stream predicts the labels" in found.title
+    assert max(found.evidence["class_signal_lift"].values()) < found.evidence["silent_below"]
+    assert found.config_patch == {"data.synthetic.label_noise": 0.0}
+
+
+def test_a_repeated_sample_id_is_a_warning(dataset_copy):
+    table = dataset_copy.manifest()
+    train = np.flatnonzero(table["split"] == "train")
+    table.loc[train[1], "sample_id"] = table.loc[train[0], "sample_id"]
+    dataset_copy.save_manifest(table)
+    found = only(dataset_copy.findings(), Severity.WARNING)
+    assert found.title == "1 of 240 samples are repeats (1 by sample id, 0 by identical content)"
+    assert found.evidence["first_sample_ids"] == [table.loc[train[0], "sample_id"]]
+
+
+def test_many_identical_samples_under_new_ids_are_an_error(dataset_copy):
+    train = np.flatnonzero(dataset_copy.manifest()["split"] == "train")
+    dataset_copy.copy_content(train[:15], train[15:30])  # 15 of 240 = 6 %
+    found = only(dataset_copy.findings(), Severity.ERROR)
+    assert found.evidence["identical_content"] == 15
+    assert found.evidence["repeated_sample_ids"] == 0
+    assert found.evidence["share"] == pytest.approx(15 / 240, abs=1e-4)
+
+
+def test_a_sample_id_in_both_splits_is_leakage(dataset_copy):
+    table = dataset_copy.manifest()
+    train_id = table.loc[table["split"] == "train", "sample_id"].iloc[0]
+    table.loc[np.flatnonzero(table["split"] == "val")[0], "sample_id"] = train_id
+    dataset_copy.save_manifest(table)
+    found = dataset_copy.findings()
+    leak = next(f for f in found if "validation samples" in f.title)
+    assert leak.severity is Severity.WARNING
+    assert leak.title.startswith("1 of 48 validation samples are also in the training split")
+    assert leak.evidence["by_sample_id"] == 1
+    assert leak.evidence["first_sample_ids"] == [train_id]
+
+
+def test_validation_samples_copied_from_train_are_an_error(dataset_copy):
+    splits = dataset_copy.manifest()["split"]
+    train, val = np.flatnonzero(splits == "train"), np.flatnonzero(splits == "val")
+    dataset_copy.copy_content(train[:6], val[:6])  # 6 of 48 = 12.5 % of val
+    leak = next(f for f in dataset_copy.findings() if "validation samples" in f.title)
+    assert leak.severity is Severity.ERROR
+    assert leak.evidence["by_identical_content"] == 6
+    assert leak.evidence["by_sample_id"] == 0
+    assert leak.evidence["share_of_val"] == 0.125
+
+
+def test_a_few_all_padding_text_rows_are_a_warning(dataset_copy):
+    text = dataset_copy.array("text")
+    text[[3, 7]] = 0
+    dataset_copy.save_array("text", text)
+    found = only(dataset_copy.findings(), Severity.WARNING)
+    assert "text 2 (all padding)" in found.title
+    assert found.evidence["by_modality"]["text"]["first_sample_ids"] == ["s000003", "s000007"]
+
+
+def test_many_empty_rows_are_an_error(dataset_copy):
+    text, audio = dataset_copy.array("text"), dataset_copy.array("audio")
+    text[::8] = 0  # 30 of 240 = 12.5 %
+    audio[:3] = 0.0
+    dataset_copy.save_array("text", text)
+    dataset_copy.save_array("audio", audio)
+    found = only(dataset_copy.findings(), Severity.ERROR)
+    assert "audio 3 (one value throughout)" in found.title
+    assert "text 30 (all padding)" in found.title
+    assert found.evidence["worst_share"] == 0.125
+
+
+def test_a_label_missing_from_classes_json_is_rejected_by_the_loader(dataset_copy):
+    table = dataset_copy.manifest()
+    table.loc[10, "label"] = 6  # classes.json names six classes, 0-5
+    dataset_copy.save_manifest(table)
+    with pytest.raises(DatasetError, match="has no name in classes.json"):
+        dataset_copy.findings()
