@@ -118,8 +118,10 @@ def _verification(finding: Finding) -> Text:
     check = finding.verification
     assert check is not None
     if check.verified:
-        names = " and ".join(check.statuses)
-        return Text(f"fix verified: {names} pass with the patch applied", style="bold green")
+        names = list(check.statuses)
+        listed = ", ".join(names[:-1]) + " and " + names[-1] if len(names) > 1 else names[0]
+        verb = "pass" if len(names) > 1 else "passes"
+        return Text(f"fix verified: with the patch applied, {listed} {verb}", style="bold green")
     if check.message:
         return Text(f"fix not verified: {check.message}", style="yellow")
     still = "; ".join(check.remaining) or "a check still fails"
