@@ -6,6 +6,7 @@ from quad_doctor.checks.base import Check
 from quad_doctor.checks.data_integrity import DataIntegrity
 from quad_doctor.checks.dataset_imbalance import DatasetImbalance
 from quad_doctor.checks.frozen_parameters import FrozenParameters
+from quad_doctor.checks.gradient_flow import GradientFlow
 from quad_doctor.checks.loss_bounds import LossBounds
 from quad_doctor.checks.lr_schedule import LRScheduleCheck
 from quad_doctor.checks.sampler_class_mix import SamplerClassMix
@@ -17,6 +18,8 @@ ALL_CHECKS: tuple[type[Check], ...] = (
     LossBounds,
     FrozenParameters,
     LRScheduleCheck,
+    # order 70 is lr-range-test's place (its own issue)
+    GradientFlow,
 )
 
 __all__ = ["ALL_CHECKS", "Check"]

@@ -1,0 +1,561 @@
+"""gradient-flow: real training steps on a copy of the model, and what its gradients show."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from quad_doctor.checks.base import Check, SkipCheck
+from quad_doctor.context import DiagnosisContext
+from quad_doctor.findings import Finding, Severity
+from quad_doctor.trainer.config import MODALITIES
+from quad_doctor.trainer.dataset import Batch
+from quad_doctor.trainer.losses import SupConLoss
+
+# Measured numbers below: the embedded default (1500 samples), seeds 0-2 x batch 16/32/64, unless
+# said otherwise.
+
+# Steps on the trainer's own first batches with the configured optimizer: enough to see a norm
+# settle or blow up; each costs ~25 ms at batch 32 on 2 CPU cores.
+PROBE_STEPS = 3
+# Overfit-one-batch runs at a fixed, known-good learning rate so it tests the model and loss
+# path, not the configured LR (lr-schedule and lr-range-test own that). With Adam 1e-3 a healthy
+# model closes half the gap to the ideal loss in 3-7 steps (3-11 with one stream dead) and 95% of
+# it in about 10 (batch 32: 3.504 -> 1.518 by step 8, ideal 1.470).
+OVERFIT_LR = 1e-3
+# The loop stops as soon as the loss has fallen far enough, so a healthy model pays 3-11 steps
+# and a broken one all of them (~0.75 s at batch 32).
+OVERFIT_MAX_STEPS = 30
+# Share of the gap between the start loss and the ideal loss (every class on its own simplex
+# vertex, at the configured temperature) the loss must close. Healthy: reached by step 11 at the
+# latest; `model.fusion.dim=2` (LayerNorm over two features leaves two possible embeddings):
+# 0.000 after 30 steps (3.4340 throughout). Relative to the temperature-aware ideal, so a large
+# `train.temperature` (loss-bounds' business) still passes: tau=1 closes 94%, tau=50 97%.
+OVERFIT_MIN_PROGRESS = 0.5
+# A modality's share of the loss's first-order dependence on what that modality tells samples
+# apart, sum_i |<dL/de_i, e_i - mean(e)>|, summed over the overfit steps (fair share 0.25).
+# Healthy minimum: video 0.030, audio 0.149, sensor 0.295, text 0.199 (video 0.025 when the text
+# stream is dead). A dead stream (`data.synthetic.dead_modality=...`, the same input for every
+# sample) gives 1e-8 to 8e-8 for each of video, audio, sensor and text. The plain gradient norm
+# w.r.t. each encoding cannot tell them apart: a constant encoding still gets a per-sample
+# gradient (dead video 0.20-0.22 of the total, healthy 0.21-0.23), and its encoder's parameters
+# still get one (dead video 0.03-0.18 of the encoders' total).
+DEAD_MODALITY_SHARE = 0.005
+# Exploding: one step at the peak LR moves a module by more than its own norm, i.e. replaces it.
+# Healthy AdamW at the default peak 1e-4: 6e-5 (text backbone) to 2.5e-3 (fusion); the ratio
+# grows with the LR: lr=0.05 gives 1.24 on the fusion, after which the loss sits at
+# ln(B-1) = 3.4340 with a gradient norm of 1e-4 (collapsed).
+EXPLODING_UPDATE_RATIO = 1.0
+# Exploding: the global gradient norm of one step. Healthy: 0.27-6.2 (sequential sampler
+# 0.12-1.6); `model.fusion.l2_normalize=false`: 1.2e3-2.1e3 with the loss at 110-200.
+EXPLODING_GRAD_NORM = 100.0
+# Vanishing: a module's per-element gradient RMS a tenth of Adam's eps (1e-8) or less, where
+# Adam's step shrinks tenfold or more. Healthy: >= 2.5e-5; `model.fusion.dim=2`: 7e-16 to 1e-14
+# in every encoder module.
+VANISHING_GRAD_RMS = 1e-9
+# Vanishing: a module's gradient norm next to the largest module's. Healthy: >= 0.014;
+# `model.fusion.dim=2`: encoders ~1e-6 of the fusion's.
+VANISHING_RELATIVE = 1e-4
+# Significant digits kept in the evidence.
+DIGITS = 3
+
+
+def module_of(parameter_name: str) -> str:
+    """The module a parameter belongs to: `encoders.<modality>.backbone|head` or `fusion`."""
+    parts = parameter_name.split(".")
+    return ".".join(parts[:3]) if parts[0] == "encoders" else parts[0]
+
+
+def _modality_of(module: str) -> str | None:
+    """`audio` for `encoders.audio.backbone`; None for the fusion."""
+    parts = module.split(".")
+    return parts[1] if parts[0] == "encoders" else None
+
+
+@contextmanager
+def _forked_rng(seed: int, device: torch.device) -> Iterator[None]:
+    """Seeded torch RNG streams inside, the caller's exactly as they were afterwards."""
+    cuda = list(range(torch.cuda.device_count())) if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):
+        # not torch.manual_seed: on a CPU run it would also (lazily) reseed CUDA, outside the fork
+        torch.default_generator.manual_seed(seed)
+        if cuda:
+            torch.cuda.manual_seed_all(seed)
+        yield
+
+
+def ideal_supcon_loss(labels: Tensor, temperature: float) -> float:
+    """SupCon's loss when every class sits on its own vertex of a regular simplex.
+
+    Positives then have cosine 1 and negatives -1/(K-1), so anchor i with P positives and N
+    negatives costs ln(P + N exp((s - 1)/tau)); unlike ln(P) this accounts for the temperature.
+    NaN when no anchor has a positive.
+    """
+    values = labels.cpu().numpy()
+    classes, inverse, counts = np.unique(values, return_inverse=True, return_counts=True)
+    positives = counts[inverse] - 1
+    negatives = len(values) - 1 - positives
+    has_positive = positives > 0
+    if not has_positive.any():
+        return math.nan
+    cosine = -1.0 / (len(classes) - 1) if len(classes) > 1 else 1.0
+    per_anchor = np.log(positives + negatives * math.exp((cosine - 1.0) / temperature))
+    return float(per_anchor[has_positive].mean())
+
+
+def _sig(value: float) -> float:
+    return float(f"{value:.{DIGITS}g}")
+
+
+@dataclass
+class NonFinite:
+    """Where the first NaN/Inf showed up."""
+
+    at: str  # "trainer batch 0", "overfit step 3"
+    loss: float
+    modules: list[str]
+    inputs: list[str]  # modalities whose input tensor holds NaN/Inf
+
+
+@dataclass
+class ProbeEvidence:
+    """The trainer's first batches, stepped with the configured optimizer at the peak LR."""
+
+    lr: float
+    lr_at_step_0: float
+    steps: int = 0
+    losses: list[float] = field(default_factory=list)
+    global_grad_norms: list[float] = field(default_factory=list)
+    grad_norm: dict[str, float] = field(default_factory=dict)  # max over steps
+    grad_rms: dict[str, float] = field(default_factory=dict)  # max over steps
+    update_ratio: dict[str, float] = field(default_factory=dict)  # max over steps
+    anchorless_steps: int = 0  # steps whose batch gave SupCon no positive pair
+    disconnected: bool = False  # the loss does not depend on any trainable parameter
+    no_gradient: dict[str, list[str]] | None = None  # module -> parameters, at the first step
+    non_finite: NonFinite | None = None
+
+
+@dataclass
+class OverfitEvidence:
+    """One fixed mixed batch, trained on with Adam at `OVERFIT_LR`."""
+
+    steps: int = 0
+    losses: list[float] = field(default_factory=list)
+    ideal_loss: float = math.nan
+    modality_attribution: dict[str, float] = field(default_factory=dict)
+    non_finite: NonFinite | None = None
+
+    @property
+    def progress(self) -> float:
+        """Share of the gap between the start and the ideal loss closed so far."""
+        if not self.losses or not math.isfinite(self.losses[0] - self.ideal_loss):
+            return math.nan
+        gap = self.losses[0] - self.ideal_loss
+        return (self.losses[0] - min(self.losses)) / gap if gap > 0 else 1.0
+
+    @property
+    def modality_share(self) -> dict[str, float]:
+        """Each modality's share of the summed attribution; empty when there is none."""
+        total = sum(self.modality_attribution.values())
+        if not total > 0:
+            return {}
+        return {m: value / total for m, value in self.modality_attribution.items()}
+
+
+class GradientFlow(Check):
+    """Real training steps on a copy of the model: do gradients reach every part, sanely?
+
+    What it checks:
+        On a copy of the model (the original, its optimizer and the RNG stay untouched) it takes
+        a few steps on the trainer's own first batches with the configured optimizer at the
+        schedule's peak learning rate, and records each module's gradient norm
+        (`encoders.<modality>.backbone`, `encoders.<modality>.head`, `fusion`), NaN/Inf in the
+        loss or gradients, trainable parameters that get no gradient, vanishing and exploding
+        norms, and update-to-weight ratios ||dw||/||w||. Then it trains another copy on one fixed
+        batch holding every class (Adam, lr 1e-3) and checks that the loss falls towards the
+        lowest value SupCon can reach on it, and how much each modality's encoding moves the loss.
+        Parameters with `requires_grad=False` are the frozen-parameters check's business.
+
+    Why it matters:
+        If gradients are NaN, missing, vanishing or exploding, or the model cannot even fit one
+        batch at a known-good learning rate, no learning rate, schedule or epoch count will
+        help: something in the model or loss path is broken. A modality whose encoding does not
+        move the loss contributes nothing, usually because its stream carries no signal.
+
+    Example:
+        `--set data.synthetic.nan_fraction=0.05` makes the loss NaN at the first step (critical);
+        `--set model.fusion.dim=2` leaves LayerNorm two possible outputs, so gradients vanish
+        (~1e-13) and the one-batch loss stays at 3.4340 (error);
+        `--set data.synthetic.dead_modality=audio` gives audio a 0.000 share of the loss's
+        dependence on the modalities (warning).
+
+    Fix:
+        Remove or repair non-finite samples; reconnect detached or frozen-by-mistake parts of the
+        forward pass; keep `model.fusion.l2_normalize` on and the fusion wide enough; lower an
+        LR whose single step replaces the weights; check the data of a modality with no share.
+    """
+
+    name = "gradient-flow"
+    phase = "probe"
+    order = 80
+
+    def run(self, ctx: DiagnosisContext) -> Iterator[Finding]:
+        if ctx.optimizer is None:
+            raise SkipCheck("no trainable parameters")
+        with _forked_rng(ctx.config.train.seed, ctx.device):
+            probe = self._probe(ctx)
+            overfit = self._overfit(ctx)
+        yield from self._findings(ctx, probe, overfit)
+
+    # -- measurement -----------------------------------------------------------------------------
+
+    @staticmethod
+    def _probe(ctx: DiagnosisContext) -> ProbeEvidence:
+        schedule = ctx.schedule
+        # The peak, not step 0: warm-up starts at `warmup_start_lr` (1e-7 by default), where every
+        # ratio is ~1e-6 and says nothing about the largest step training will take.
+        peak_step = min(schedule.warmup_steps, schedule.total_steps - 1)
+        evidence = ProbeEvidence(
+            lr=max(schedule.lr_at(0), schedule.lr_at(peak_step)), lr_at_step_0=schedule.lr_at(0)
+        )
+        model = ctx.model_copy().train()
+        optimizer = ctx.optimizer_for(model)
+        for group in optimizer.param_groups:
+            group["lr"] = evidence.lr
+        params = {name: p for name, p in model.named_parameters() if p.requires_grad}
+        for index, rows in enumerate(ctx.epoch_batches()[:PROBE_STEPS]):
+            batch = ctx.batch(rows)
+            output = ctx.loss_fn(
+                model(batch.video, batch.audio, batch.sensor, batch.text), batch.labels
+            )
+            evidence.steps += 1
+            evidence.losses.append(output.loss.item())
+            if output.num_anchors == 0:
+                evidence.anchorless_steps += 1  # sampler-class-mix reports such batches
+                continue
+            if not output.loss.requires_grad:
+                evidence.disconnected = True
+                break
+            optimizer.zero_grad(set_to_none=True)
+            output.loss.backward()
+            bad = _non_finite_modules(params, output.loss)
+            if bad is not None:
+                evidence.non_finite = NonFinite(
+                    f"trainer batch {index}", output.loss.item(), bad, _non_finite_inputs(batch)
+                )
+                break
+            if evidence.no_gradient is None:  # the first batch that gives SupCon something to do
+                evidence.no_gradient = _without_gradient(params)
+            norms = _grad_norms(params)
+            before = {name: p.detach().clone() for name, p in params.items()}
+            optimizer.step()
+            ratios = _update_ratios(params, before)
+            evidence.global_grad_norms.append(math.sqrt(sum(n**2 for n, _ in norms.values())))
+            for module, (norm, rms) in norms.items():
+                evidence.grad_norm[module] = max(norm, evidence.grad_norm.get(module, 0.0))
+                evidence.grad_rms[module] = max(rms, evidence.grad_rms.get(module, 0.0))
+                if module in ratios:
+                    evidence.update_ratio[module] = max(
+                        ratios[module], evidence.update_ratio.get(module, 0.0)
+                    )
+        return evidence
+
+    @staticmethod
+    def _overfit(ctx: DiagnosisContext) -> OverfitEvidence:
+        model = ctx.model_copy().train()
+        params = {name: p for name, p in model.named_parameters() if p.requires_grad}
+        optimizer = torch.optim.Adam(params.values(), lr=OVERFIT_LR)
+        batch = ctx.batch(ctx.mixed_batch_rows)
+        loss_fn: SupConLoss = ctx.loss_fn
+        evidence = OverfitEvidence(ideal_loss=ideal_supcon_loss(batch.labels, loss_fn.temperature))
+        attribution = dict.fromkeys(MODALITIES, 0.0)
+        for step in range(OVERFIT_MAX_STEPS):
+            encodings = model.encode(batch.video, batch.audio, batch.sensor, batch.text)
+            for name, encoding in encodings.items():
+                if encoding.requires_grad:
+                    encoding.retain_grad()
+                else:  # a fully frozen encoder: a leaf still shows how the loss depends on it
+                    encodings[name] = encoding.detach().requires_grad_()
+            output = loss_fn(model.fusion(encodings), batch.labels)
+            if output.num_anchors == 0:
+                break  # a batch too small for a positive pair: sampler-class-mix says so
+            evidence.steps += 1
+            evidence.losses.append(output.loss.item())
+            if not output.loss.requires_grad:
+                break  # nothing to fit with; the probe reports the disconnected loss
+            optimizer.zero_grad(set_to_none=True)
+            output.loss.backward()
+            bad = _non_finite_modules(params, output.loss)
+            if bad is not None:
+                evidence.non_finite = NonFinite(
+                    f"overfit step {step}", output.loss.item(), bad, _non_finite_inputs(batch)
+                )
+                break
+            for name, encoding in encodings.items():
+                centred = encoding.detach() - encoding.detach().mean(dim=0)
+                attribution[name] += float((encoding.grad * centred).sum(dim=1).abs().sum())
+            optimizer.step()
+            if evidence.progress >= OVERFIT_MIN_PROGRESS:
+                break
+        evidence.modality_attribution = attribution
+        return evidence
+
+    # -- verdicts --------------------------------------------------------------------------------
+
+    def _findings(
+        self, ctx: DiagnosisContext, probe: ProbeEvidence, overfit: OverfitEvidence
+    ) -> Iterator[Finding]:
+        evidence = _evidence(probe, overfit)
+        non_finite = probe.non_finite or overfit.non_finite
+        if non_finite is not None:
+            # Every other number is a consequence once a NaN has entered the weights' gradients.
+            yield self._non_finite(non_finite, evidence)
+            return
+        if probe.disconnected:
+            yield Finding(
+                check=self.name,
+                severity=Severity.ERROR,
+                title="the loss does not depend on any trainable parameter: no gradient reaches "
+                "the model",
+                evidence=evidence,
+                remedy="The forward pass is cut off from the loss (a .detach(), torch.no_grad(), "
+                "or an .item()/.numpy() round trip between the model and the loss): remove it.",
+                explains=("lr-range-test",),
+            )
+            return
+        shares = overfit.modality_share
+        dead = [m for m in MODALITIES if m in shares and shares[m] < DEAD_MODALITY_SHARE]
+        no_gradient = probe.no_gradient or {}
+        # A dead stream's first layer sees the same input for every sample and may get exactly
+        # zero gradient; the dead-modality finding below covers it.
+        missing = {
+            module: names
+            for module, names in no_gradient.items()
+            if _modality_of(module) not in dead
+        }
+        if missing:
+            yield self._missing(missing, evidence)
+        if overfit.steps and overfit.progress < OVERFIT_MIN_PROGRESS:
+            yield self._overfit_fails(overfit, evidence)
+        yield from self._exploding(ctx, probe, evidence)
+        yield from self._vanishing(probe, evidence)
+        for modality in dead:
+            yield self._dead(modality, shares, no_gradient, evidence)
+
+    def _non_finite(self, where: NonFinite, evidence: dict[str, object]) -> Finding:
+        inputs = ", ".join(where.inputs)
+        cause = f"; the {inputs} input holds NaN/Inf" if where.inputs else ""
+        if where.inputs:
+            remedy = (
+                f"Remove or repair the samples whose {inputs} stream holds NaN/Inf "
+                "(data-integrity lists them); one such sample poisons the whole batch's gradient."
+            )
+        else:
+            remedy = (
+                "The inputs are finite, so the forward or backward pass overflows: lower "
+                "train.learning_rate, keep model.fusion.l2_normalize on, and look for a log, "
+                "division or exp of an unbounded value."
+            )
+        return Finding(
+            check=self.name,
+            severity=Severity.CRITICAL,
+            title=f"NaN/Inf in the loss or gradients at {where.at}{cause}",
+            evidence=evidence
+            | {
+                "non_finite_at": where.at,
+                "loss": _finite_or_none(where.loss),
+                "non_finite_gradient_modules": where.modules,
+                "non_finite_inputs": where.inputs,
+            },
+            remedy=remedy,
+            explains=("lr-range-test",),
+        )
+
+    def _missing(self, missing: dict[str, list[str]], evidence: dict[str, object]) -> Finding:
+        count = sum(len(names) for names in missing.values())
+        return Finding(
+            check=self.name,
+            severity=Severity.ERROR,
+            title=f"{count} trainable parameter(s) get no gradient, in {', '.join(missing)}",
+            evidence=evidence
+            | {
+                "without_gradient_modules": sorted(missing),
+                "without_gradient": [n for names in missing.values() for n in names][:10],
+            },
+            remedy="These parameters are trained but the loss does not reach them: something "
+            "between them and the loss is detached or unused. Reconnect it, or freeze them on "
+            "purpose (model.<modality>.freeze_backbone / freeze_head, model.fusion.freeze).",
+        )
+
+    def _overfit_fails(self, overfit: OverfitEvidence, evidence: dict[str, object]) -> Finding:
+        start, best = overfit.losses[0], min(overfit.losses)
+        return Finding(
+            check=self.name,
+            severity=Severity.ERROR,
+            title=f"the model cannot fit one batch: loss {start:.4f} -> {best:.4f} in "
+            f"{overfit.steps} Adam steps at lr {OVERFIT_LR:g} (ideal {overfit.ideal_loss:.4f})",
+            evidence=evidence,
+            remedy="Training on one fixed batch with every class, at a learning rate that works "
+            "for a healthy model, should drive the loss down; since it does not, the model or "
+            "loss path is broken, not the data order or the LR. Look for a fusion that cannot "
+            "separate samples (a tiny model.fusion.dim with LayerNorm), vanishing gradients, or "
+            "parts that are frozen or detached.",
+            explains=("lr-range-test",),
+        )
+
+    def _exploding(
+        self, ctx: DiagnosisContext, probe: ProbeEvidence, evidence: dict[str, object]
+    ) -> Iterator[Finding]:
+        worst_module = max(probe.update_ratio, key=probe.update_ratio.__getitem__, default=None)
+        if worst_module and probe.update_ratio[worst_module] > EXPLODING_UPDATE_RATIO:
+            ratio = probe.update_ratio[worst_module]
+            yield Finding(
+                check=self.name,
+                severity=Severity.ERROR,
+                title=f"one step at the peak lr {probe.lr:.2e} moves {worst_module} by "
+                f"{ratio:.0%} of its weights",
+                evidence=evidence,
+                remedy="A single update replaces the weights rather than adjusting them, so "
+                "training diverges or collapses. Lower train.learning_rate until "
+                "||dw||/||w|| is near 1e-3 per step; lr-range-test suggests a value.",
+            )
+        largest = max(probe.global_grad_norms, default=0.0)
+        if largest > EXPLODING_GRAD_NORM:
+            unnormalised = not ctx.config.model.fusion.l2_normalize
+            yield Finding(
+                check=self.name,
+                severity=Severity.ERROR,
+                title=f"exploding gradients: global norm {largest:.3g} (healthy: 0.1-10)",
+                evidence=evidence,
+                remedy=(
+                    "The fused features are not L2-normalised, so SupCon's logits z.z/tau and "
+                    "their gradients are unbounded: turn model.fusion.l2_normalize back on."
+                    if unnormalised
+                    else "Find the layer whose output grows unbounded (the largest module norm "
+                    "above); lower train.learning_rate or clip gradients."
+                ),
+                config_patch={"model.fusion.l2_normalize": True} if unnormalised else {},
+            )
+
+    def _vanishing(self, probe: ProbeEvidence, evidence: dict[str, object]) -> Iterator[Finding]:
+        largest = max(probe.grad_norm.values(), default=0.0)
+        vanishing = [
+            module
+            for module, norm in probe.grad_norm.items()
+            if 0.0 < norm  # exact zeros are reported as parameters without gradient
+            and (probe.grad_rms[module] < VANISHING_GRAD_RMS or norm < VANISHING_RELATIVE * largest)
+        ]
+        if vanishing:
+            yield Finding(
+                check=self.name,
+                severity=Severity.WARNING,
+                title=f"vanishing gradients in {', '.join(vanishing)}",
+                evidence=evidence | {"vanishing_modules": vanishing},
+                remedy="Almost no gradient reaches these modules, so they barely learn. Look for a "
+                "saturating or degenerate layer between them and the loss (a LayerNorm over very "
+                "few features, a huge train.temperature).",
+            )
+
+    def _dead(
+        self,
+        modality: str,
+        shares: dict[str, float],
+        no_gradient: dict[str, list[str]],
+        evidence: dict[str, object],
+    ) -> Finding:
+        fair = 1.0 / len(MODALITIES)
+        zero = sorted(m for m in no_gradient if _modality_of(m) == modality)
+        return Finding(
+            check=self.name,
+            severity=Severity.WARNING,
+            title=f"the {modality} encoding does not move the loss: {shares[modality]:.1%} of the "
+            f"modalities' share (fair {fair:.0%})",
+            evidence=evidence | {"low_share_modality": modality, "zero_gradient_modules": zero},
+            remedy=f"The {modality} encoding is (nearly) the same for every sample, so nothing "
+            f"the {modality} encoder learns can tell samples apart. Check the {modality} stream "
+            "(data-integrity reports constant streams) and fix or drop it.",
+        )
+
+
+def _evidence(probe: ProbeEvidence, overfit: OverfitEvidence) -> dict[str, object]:
+    """The numbers every finding of this check carries."""
+    return {
+        "probe_steps": probe.steps,
+        "probe_lr": probe.lr,
+        "lr_at_step_0": probe.lr_at_step_0,
+        "probe_losses": [_finite_or_none(_sig(x)) for x in probe.losses],
+        "global_grad_norms": [_sig(x) for x in probe.global_grad_norms],
+        "grad_norm_by_module": {m: _sig(v) for m, v in probe.grad_norm.items()},
+        "update_ratio_by_module": {m: _sig(v) for m, v in probe.update_ratio.items()},
+        "modality_share": {m: round(v, 4) for m, v in overfit.modality_share.items()},
+        "overfit_lr": OVERFIT_LR,
+        "overfit_steps": overfit.steps,
+        "overfit_loss_start": _finite_or_none(overfit.losses[0]) if overfit.losses else None,
+        "overfit_loss_end": _finite_or_none(overfit.losses[-1]) if overfit.losses else None,
+        "overfit_ideal_loss": _finite_or_none(overfit.ideal_loss),
+        "overfit_progress": _finite_or_none(round(overfit.progress, 4)),
+    }
+
+
+def _finite_or_none(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+def _grad_norms(params: dict[str, nn.Parameter]) -> dict[str, tuple[float, float]]:
+    """Per module: the gradient's L2 norm and its per-element RMS (missing gradients count 0)."""
+    squares: dict[str, float] = {}
+    sizes: dict[str, int] = {}
+    for name, p in params.items():
+        module = module_of(name)
+        if p.grad is not None:
+            squares[module] = squares.get(module, 0.0) + float(p.grad.detach().square().sum())
+        else:
+            squares.setdefault(module, 0.0)
+        sizes[module] = sizes.get(module, 0) + p.numel()
+    return {m: (math.sqrt(s), math.sqrt(s / sizes[m])) for m, s in squares.items()}
+
+
+def _update_ratios(params: dict[str, nn.Parameter], before: dict[str, Tensor]) -> dict[str, float]:
+    """Per module: ||w_after - w_before|| / ||w_before||."""
+    moved: dict[str, float] = {}
+    size: dict[str, float] = {}
+    for name, p in params.items():
+        module = module_of(name)
+        moved[module] = moved.get(module, 0.0) + float((p.detach() - before[name]).square().sum())
+        size[module] = size.get(module, 0.0) + float(before[name].square().sum())
+    # an all-zero module (zero-initialised on purpose) has no ratio
+    return {m: math.sqrt(moved[m] / size[m]) for m in moved if size[m] > 0}
+
+
+def _non_finite_modules(params: dict[str, nn.Parameter], loss: Tensor) -> list[str] | None:
+    """Modules with a NaN/Inf gradient, or None when the loss and every gradient are finite."""
+    bad = sorted(
+        {
+            module_of(name)
+            for name, p in params.items()
+            if p.grad is not None and not bool(torch.isfinite(p.grad).all())
+        }
+    )
+    if bad or not bool(torch.isfinite(loss)):
+        return bad
+    return None
+
+
+def _non_finite_inputs(batch: Batch) -> list[str]:
+    """Modalities whose input tensor in `batch` holds NaN/Inf."""
+    return [m for m in MODALITIES if not bool(torch.isfinite(getattr(batch, m)).all())]
+
+
+def _without_gradient(params: dict[str, nn.Parameter]) -> dict[str, list[str]]:
+    """Trainable parameters whose gradient is missing or exactly zero, by module."""
+    missing: dict[str, list[str]] = {}
+    for name, p in params.items():
+        if p.grad is None or not bool(p.grad.any()):
+            missing.setdefault(module_of(name), []).append(name)
+    return missing
