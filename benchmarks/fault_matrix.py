@@ -36,7 +36,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=5)
     args = parser.parse_args()
-    console = Console()
+    console = Console(width=120)
     scenarios = tomllib.loads(SCENARIOS.read_text())["scenario"]
     faults = Table(title="fault scenarios: rank-1 finding")
     for column in ("scenario", "expected", "rank 1", "severity", "verified", "s"):

@@ -68,8 +68,17 @@ class DatasetImbalance(Check):
             "classes_missing": missing,
         }
 
-        def finding(severity: Severity, title: str, remedy: str, explains=()) -> Finding:
-            return Finding(self.name, severity, title, evidence, remedy, explains=explains)
+        # Data the generator made imbalanced on purpose is fixed by its own knob; a dataset on
+        # disk has no config key that rebalances it.
+        synthetic = not ctx.config.data.path and ctx.config.data.synthetic.class_weights
+        rebalance = {"data.synthetic.class_weights": []} if synthetic else {}
+
+        def finding(
+            severity: Severity, title: str, remedy: str, explains=(), patch=None
+        ) -> Finding:
+            return Finding(
+                self.name, severity, title, evidence, remedy, patch or {}, explains=explains
+            )
 
         if majority_share > MAJORITY_SHARE_ERROR:
             if ctx.config.train.sampler == "stratified":
@@ -82,6 +91,7 @@ class DatasetImbalance(Check):
                 + consequence,
                 "Rebalance the data: collect or synthesise minority samples.",
                 explains=("sampler-class-mix", "loss-bounds", "lr-range-test"),
+                patch=rebalance,
             )
         elif ratio > IMBALANCE_RATIO_WARNING:
             yield finding(
@@ -94,6 +104,7 @@ class DatasetImbalance(Check):
                 Severity.ERROR,
                 f"{len(unpairable)} class(es) have one training sample: no positive pair",
                 "Add samples to these classes or drop them from the label set.",
+                patch=rebalance,
             )
         if missing:
             yield finding(

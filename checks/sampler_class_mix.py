@@ -122,14 +122,18 @@ class SamplerClassMix(Check):
     def _remedy(ctx: DiagnosisContext) -> tuple[dict[str, object], str]:
         config = ctx.config.train
         classes = int(np.count_nonzero(np.bincount(ctx.manifest.labels[ctx.train_rows])))
-        if config.sampler != "stratified":
-            return (
-                {"train.sampler": "stratified"},
-                "Use the stratified sampler: every batch then holds every class, two or more each.",
-            )
         needed = 2 * classes
-        return (
-            {"train.batch_size": needed},
-            f"Raise train.batch_size to at least {needed} so each of the {classes} classes "
-            "can have two samples (one positive pair) in every batch.",
-        )
+        patch: dict[str, object] = {}
+        remedies = []
+        if config.sampler != "stratified":
+            patch["train.sampler"] = "stratified"
+            remedies.append(
+                "Use the stratified sampler: every batch then holds every class, two or more each."
+            )
+        if config.batch_size < needed:
+            patch["train.batch_size"] = needed
+            remedies.append(
+                f"Raise train.batch_size to at least {needed} so each of the {classes} classes "
+                "can have two samples (one positive pair) in every batch."
+            )
+        return patch, " ".join(remedies)

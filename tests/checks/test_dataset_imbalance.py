@@ -3,7 +3,8 @@ from __future__ import annotations
 from quad_doctor.checks.dataset_imbalance import DatasetImbalance
 from quad_doctor.context import DiagnosisContext
 from quad_doctor.findings import Severity
-from quad_doctor.trainer.config import load_config
+from quad_doctor.trainer.config import SyntheticConfig, load_config
+from quad_doctor.trainer.synthetic import write_dataset
 
 
 def findings(*overrides):
@@ -17,6 +18,16 @@ def test_a_dominant_class_is_an_error_that_explains_the_sampler():
     assert found.evidence["majority_class"] == "walking"
     assert found.evidence["majority_share"] > 0.9
     assert "sampler-class-mix" in found.explains
+    # generated on purpose: the generator's own knob is the fix
+    assert found.config_patch == {"data.synthetic.class_weights": []}
+
+
+def test_an_imbalanced_dataset_on_disk_gets_no_config_patch(tmp_path):
+    weights = [100.0, 1.0, 1.0, 1.0, 1.0, 1.0]
+    path = write_dataset(SyntheticConfig(num_samples=600, class_weights=weights), tmp_path / "d")
+    config = load_config(overrides=[f'data.path="{path}"'])
+    (found,) = DatasetImbalance().run(DiagnosisContext(config))
+    assert found.severity is Severity.ERROR and found.config_patch == {}
 
 
 def test_a_missing_class_is_reported():

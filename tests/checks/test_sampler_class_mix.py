@@ -28,3 +28,9 @@ def test_batches_too_small_for_positives_ask_for_a_larger_batch():
 
 def test_stratified_default_is_quiet():
     assert findings() == []
+
+
+def test_small_random_batches_get_both_fixes_in_one_patch():
+    (found,) = findings("train.sampler=random", "train.batch_size=4")
+    assert found.severity is Severity.ERROR
+    assert found.config_patch == {"train.sampler": "stratified", "train.batch_size": 12}

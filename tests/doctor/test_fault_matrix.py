@@ -37,6 +37,8 @@ def test_each_fault_ranks_its_root_cause_first(tmp_path, scenario):
     assert (top["check"], top["severity"]) == (scenario["expected"], scenario["severity"]), summary
     assert code == 1
     assert all(c["status"] != "error" for c in report["checks"]), report["checks"]
+    # every root cause that comes with a patch has had the patch tried and seen to work
+    assert top["config_patch"] and top["verified"] is True, top["verification"]
 
 
 @pytest.mark.parametrize(
