@@ -155,9 +155,9 @@ def diagnose(
         target = new_run_dir(run_dir)
         save_config(resolved, target / "config.toml")
         json_report.render(report, target / "report.json")
-        console.print(
-            f"report: {json_path or target / 'report.json'}", highlight=False, soft_wrap=True
-        )
+        written = [str(json_path)] if json_path is not None else []
+        written.append(str(target / "report.json"))
+        console.print(f"report: {' and '.join(written)}", highlight=False, soft_wrap=True)
         return exit_code(report, fail_on)
 
     raise typer.Exit(_guarded(debug, action))
