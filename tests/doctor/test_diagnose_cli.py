@@ -82,7 +82,14 @@ def test_fail_on_sets_the_exit_code(tmp_path, small_overrides, fail_on, expected
 
 def test_only_and_skip_choose_the_checks(tmp_path, small_overrides):
     report_path = tmp_path / "r.json"
-    args = ["diagnose", *sets(small_overrides), "--json", str(report_path)]
+    args = [
+        "diagnose",
+        *sets(small_overrides),
+        "--json",
+        str(report_path),
+        "--run-dir",
+        str(tmp_path),
+    ]
     code, _, _ = run(*args, "--only", "dataset-imbalance", "--only", "sampler-class-mix")
     assert code == 0
     ran = [c["name"] for c in json.loads(report_path.read_text())["checks"]]
