@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -12,7 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from quad_doctor.checks.base import Check, SkipCheck
-from quad_doctor.context import DiagnosisContext
+from quad_doctor.context import DiagnosisContext, isolated_rng
 from quad_doctor.findings import Finding, Severity
 from quad_doctor.trainer.config import MODALITIES
 from quad_doctor.trainer.dataset import Batch
@@ -76,18 +75,6 @@ def _modality_of(module: str) -> str | None:
     """`audio` for `encoders.audio.backbone`; None for the fusion."""
     parts = module.split(".")
     return parts[1] if parts[0] == "encoders" else None
-
-
-@contextmanager
-def _forked_rng(seed: int, device: torch.device) -> Iterator[None]:
-    """Seeded torch RNG streams inside, the caller's exactly as they were afterwards."""
-    cuda = list(range(torch.cuda.device_count())) if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=cuda):
-        # not torch.manual_seed: on a CPU run it would also (lazily) reseed CUDA, outside the fork
-        torch.default_generator.manual_seed(seed)
-        if cuda:
-            torch.cuda.manual_seed_all(seed)
-        yield
 
 
 def ideal_supcon_loss(labels: Tensor, temperature: float) -> float:
@@ -208,7 +195,7 @@ class GradientFlow(Check):
     def run(self, ctx: DiagnosisContext) -> Iterator[Finding]:
         if ctx.optimizer is None:
             raise SkipCheck("no trainable parameters")
-        with _forked_rng(ctx.config.train.seed, ctx.device):
+        with isolated_rng(ctx.config.train.seed, ctx.device):
             probe = self._probe(ctx)
             overfit = self._overfit(ctx)
         yield from self._findings(ctx, probe, overfit)
@@ -242,13 +229,10 @@ class GradientFlow(Check):
             if not output.loss.requires_grad:
                 evidence.disconnected = True
                 break
-            optimizer.zero_grad(set_to_none=True)
-            output.loss.backward()
-            bad = _non_finite_modules(params, output.loss)
-            if bad is not None:
-                evidence.non_finite = NonFinite(
-                    f"trainer batch {index}", output.loss.item(), bad, _non_finite_inputs(batch)
-                )
+            evidence.non_finite = _backward(
+                optimizer, params, output.loss, batch, f"trainer batch {index}"
+            )
+            if evidence.non_finite is not None:
                 break
             if evidence.no_gradient is None:  # the first batch that gives SupCon something to do
                 evidence.no_gradient = _without_gradient(params)
@@ -289,13 +273,10 @@ class GradientFlow(Check):
             evidence.losses.append(output.loss.item())
             if not output.loss.requires_grad:
                 break  # nothing to fit with; the probe reports the disconnected loss
-            optimizer.zero_grad(set_to_none=True)
-            output.loss.backward()
-            bad = _non_finite_modules(params, output.loss)
-            if bad is not None:
-                evidence.non_finite = NonFinite(
-                    f"overfit step {step}", output.loss.item(), bad, _non_finite_inputs(batch)
-                )
+            evidence.non_finite = _backward(
+                optimizer, params, output.loss, batch, f"overfit step {step}"
+            )
+            if evidence.non_finite is not None:
                 break
             for name, encoding in encodings.items():
                 centred = encoding.detach() - encoding.detach().mean(dim=0)
@@ -531,6 +512,22 @@ def _update_ratios(params: dict[str, nn.Parameter], before: dict[str, Tensor]) -
         size[module] = size.get(module, 0.0) + float(before[name].square().sum())
     # an all-zero module (zero-initialised on purpose) has no ratio
     return {m: math.sqrt(moved[m] / size[m]) for m in moved if size[m] > 0}
+
+
+def _backward(
+    optimizer: torch.optim.Optimizer,
+    params: dict[str, nn.Parameter],
+    loss: Tensor,
+    batch: Batch,
+    where: str,
+) -> NonFinite | None:
+    """Backpropagate `loss` into fresh gradients; where NaN/Inf appeared, if anywhere."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    bad = _non_finite_modules(params, loss)
+    if bad is None:
+        return None
+    return NonFinite(where, loss.item(), bad, _non_finite_inputs(batch))
 
 
 def _non_finite_modules(params: dict[str, nn.Parameter], loss: Tensor) -> list[str] | None:

@@ -18,7 +18,6 @@ NO_POSITIVE_ERROR = 0.25
 NO_POSITIVE_WARNING = 0.05
 # How many leading batches to show label counts for, as the original debugging session did.
 SHOWN_BATCHES = 3
-FIRST_EPOCH = 1
 
 
 def batch_label_line(index: int, labels: np.ndarray) -> str:
@@ -57,10 +56,8 @@ class SamplerClassMix(Check):
 
     def run(self, ctx: DiagnosisContext) -> Iterator[Finding]:
         config = ctx.config.train
-        sampler = ctx.sampler()
-        sampler.set_epoch(FIRST_EPOCH)
         labels = ctx.manifest.labels
-        batches = [labels[rows] for rows in sampler.epoch_batches()]
+        batches = [labels[rows] for rows in ctx.epoch_batches()]
         classes_per_batch = np.array([len(np.unique(b)) for b in batches])
         positives = np.concatenate([np.bincount(b)[b] - 1 for b in batches])
         single_class_share = float(np.mean(classes_per_batch == 1))

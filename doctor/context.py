@@ -8,6 +8,9 @@ that needs to train works on `model_copy()` and `optimizer_for(copy)`.
 from __future__ import annotations
 
 import copy
+import random
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import cached_property
 from pathlib import Path
 
@@ -32,6 +35,28 @@ from quad_doctor.trainer.schedule import LRSchedule
 
 # The epoch whose batches checks inspect; samplers are seeded per epoch, training starts at 1.
 FIRST_EPOCH = 1
+
+
+@contextmanager
+def isolated_rng(seed: int, device: torch.device | None = None) -> Iterator[None]:
+    """Run a block with seeded RNG streams, then restore Python's, NumPy's and torch's exactly.
+
+    CUDA streams are forked when `device` is CUDA or CUDA is already in use.
+    """
+    python_state = random.getstate()
+    numpy_state = np.random.get_state()
+    on_cuda = (device is not None and device.type == "cuda") or torch.cuda.is_initialized()
+    cuda = list(range(torch.cuda.device_count())) if on_cuda else []
+    try:
+        with torch.random.fork_rng(devices=cuda):
+            # not torch.manual_seed: on CPU it would also (lazily) reseed CUDA, outside the fork
+            torch.default_generator.manual_seed(seed)
+            if cuda:
+                torch.cuda.manual_seed_all(seed)
+            yield
+    finally:
+        random.setstate(python_state)
+        np.random.set_state(numpy_state)
 
 
 class DiagnosisContext:

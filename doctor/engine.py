@@ -4,17 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import random
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
-
-import numpy as np
-import torch
+from collections.abc import Callable, Sequence
 
 from quad_doctor.checks import ALL_CHECKS, Check
 from quad_doctor.checks.base import SkipCheck
-from quad_doctor.context import DiagnosisContext
+from quad_doctor.context import DiagnosisContext, isolated_rng
 from quad_doctor.findings import CheckRun, Finding, Report, Severity, Verification, rank_findings
 from quad_doctor.trainer.config import Config, patched_config
 from quad_doctor.trainer.errors import QuadDoctorError, UsageError
@@ -56,27 +51,12 @@ def _suggestion(name: str) -> str:
     return f"; did you mean '{close[0]}'?" if close else ""
 
 
-@contextmanager
-def isolated_rng(seed: int) -> Iterator[None]:
-    """Run a block with seeded RNG streams, then restore Python's, NumPy's and torch's exactly."""
-    python_state = random.getstate()
-    numpy_state = np.random.get_state()
-    cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
-    try:
-        with torch.random.fork_rng(devices=cuda):
-            torch.manual_seed(seed)
-            yield
-    finally:
-        random.setstate(python_state)
-        np.random.set_state(numpy_state)
-
-
 def run_check(check: type[Check], ctx: DiagnosisContext) -> tuple[CheckRun, list[Finding]]:
     """Run one check: its findings and how it ran. Bad input propagates as `QuadDoctorError`;
     any other exception becomes status `error` with its message."""
     started = time.perf_counter()
     try:
-        with isolated_rng(ctx.config.train.seed):
+        with isolated_rng(ctx.config.train.seed, ctx.device):
             found = list(check().run(ctx))
     except SkipCheck as exc:
         return CheckRun(check.name, "skipped", time.perf_counter() - started, str(exc)), []

@@ -10,9 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import torch
-
-from quad_doctor.context import DiagnosisContext
+from quad_doctor.context import DiagnosisContext, isolated_rng
 from quad_doctor.trainer.losses import supcon_collapse_value
 
 DEFAULT_ITERS = 100
@@ -69,8 +67,7 @@ def run_sweep(
     collapse = supcon_collapse_value(ctx.config.train.batch_size)
     lrs, losses, smoothed = [], [], []
     average, best, reason = 0.0, math.inf, "end"
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(ctx.config.train.seed)
+    with isolated_rng(ctx.config.train.seed, ctx.device):
         for step, lr in enumerate(sweep_lrs(start_lr, end_lr, iters)):
             for group in optimizer.param_groups:
                 group["lr"] = lr

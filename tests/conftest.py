@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from quad_doctor.trainer.config import SyntheticConfig
@@ -35,3 +36,15 @@ def small_overrides(small_dataset):
         "train.num_epochs=2",
         "train.warmup_epochs=1",
     ]
+
+
+@pytest.fixture
+def truncated_dataset(tmp_path, small_dataset):
+    """A copy of the small dataset whose sensor.npy is three rows short of the manifest."""
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for item in small_dataset.iterdir():
+        (broken / item.name).write_bytes(item.read_bytes())
+    sensor = np.load(broken / "sensor.npy")
+    np.save(broken / "sensor.npy", sensor[:-3])
+    return broken

@@ -3,7 +3,6 @@ from __future__ import annotations
 import json
 import re
 
-import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -136,14 +135,12 @@ def test_explain_prints_the_manual_and_rejects_unknown_names():
     one_line_error(stderr, "unknown check 'sampler'")
 
 
-def test_a_broken_dataset_or_model_mismatch_is_one_line_exit_2(tmp_path, small_dataset):
-    broken = tmp_path / "broken"
-    broken.mkdir()
-    for item in small_dataset.iterdir():
-        (broken / item.name).write_bytes(item.read_bytes())
-    sensor = np.load(broken / "sensor.npy")
-    np.save(broken / "sensor.npy", sensor[:-3])
-    code, _, stderr = run("diagnose", "--set", f'data.path="{broken}"', "--run-dir", str(tmp_path))
+def test_a_broken_dataset_or_model_mismatch_is_one_line_exit_2(
+    tmp_path, small_dataset, truncated_dataset
+):
+    code, _, stderr = run(
+        "diagnose", "--set", f'data.path="{truncated_dataset}"', "--run-dir", str(tmp_path)
+    )
     assert code == 2
     one_line_error(stderr, "sensor.npy")
     # token ids beyond the text encoder's vocabulary surface while the model is built
