@@ -8,6 +8,7 @@ from quad_doctor.checks.dataset_imbalance import DatasetImbalance
 from quad_doctor.checks.frozen_parameters import FrozenParameters
 from quad_doctor.checks.gradient_flow import GradientFlow
 from quad_doctor.checks.loss_bounds import LossBounds
+from quad_doctor.checks.lr_range_test import LRRangeTest
 from quad_doctor.checks.lr_schedule import LRScheduleCheck
 from quad_doctor.checks.sampler_class_mix import SamplerClassMix
 
@@ -18,7 +19,7 @@ ALL_CHECKS: tuple[type[Check], ...] = (
     LossBounds,
     FrozenParameters,
     LRScheduleCheck,
-    # order 70 is lr-range-test's place (its own issue)
+    LRRangeTest,
     GradientFlow,
 )
 

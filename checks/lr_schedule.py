@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import math
-import statistics
 from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
-import torch
 
 from quad_doctor.checks.base import Check, SkipCheck
 from quad_doctor.context import DiagnosisContext
 from quad_doctor.findings import Finding, Severity
+from quad_doctor.lr_range import BELOW_PEAK
 from quad_doctor.trainer.config import TrainConfig
 
 # Adam(W) normalises each step to about `lr` per weight whatever the gradient's size, so over a
@@ -30,29 +28,11 @@ LARGE_STEP = 0.1
 # What a bad peak is replaced by: the trainer's default, which the convergence benchmark trains
 # with (docs/benchmarks.md).
 RECOMMENDED_LEARNING_RATE = 1e-4
-# Warm-up start and cosine floor two decades below the peak (the default floor is 1e-6 for 1e-4).
-BELOW_PEAK = 100.0
 # A repaired warm-up takes a tenth of training (the default's is a third; a tenth to a third
 # are both common), and always leaves at least one epoch after it.
 WARMUP_SHARE = 0.1
 # Points of the per-step schedule the evidence carries, for a report to plot.
 SCHEDULE_POINTS = 50
-
-
-def weight_scale(model: torch.nn.Module) -> float | None:
-    """The typical size of the trainable weights: median RMS of their weight tensors.
-
-    Weight matrices, conv kernels and embedding tables (two or more axes) only: biases start at
-    zero and norm gains at one, so they say nothing about the scale. None if nothing trains.
-    """
-    trainable = [p.detach() for p in model.parameters() if p.requires_grad]
-    weights = [p for p in trainable if p.ndim >= 2] or trainable
-    if not weights:
-        return None
-    # vector_norm is one kernel per tensor; pow/mean/sqrt took ~1 ms per tensor on 2 CPU cores
-    return statistics.median(
-        float(torch.linalg.vector_norm(w.float())) / math.sqrt(w.numel()) for w in weights
-    )
 
 
 def sampled_schedule(lrs: np.ndarray, points: int = SCHEDULE_POINTS) -> list[list[float]]:
@@ -108,7 +88,7 @@ class LRScheduleCheck(Check):
     @staticmethod
     def _measure(ctx: DiagnosisContext) -> dict[str, Any]:
         """The applied schedule and the movement bound it gives against the weights' scale."""
-        scale = weight_scale(ctx.model)
+        scale = ctx.weight_scale
         if scale is None:
             raise SkipCheck("no parameter is trainable, so no learning rate applies")
         config = ctx.config.train
@@ -148,8 +128,8 @@ class LRScheduleCheck(Check):
         # judged even when a warm-up as long as training hides the decay: its repair exposes it
         floor_above = cosine and config.min_lr > peak
 
-        def finding(severity: Severity, title: str, remedy: str, patch: dict) -> Finding:
-            return Finding(self.name, severity, title, evidence, remedy, patch)
+        def finding(severity: Severity, title: str, remedy: str, patch: dict, explains=()):
+            return Finding(self.name, severity, title, evidence, remedy, patch, explains)
 
         bad_peak = self._peak_verdict(evidence, peak)
         if bad_peak is not None:
@@ -176,6 +156,9 @@ class LRScheduleCheck(Check):
                 f"Set train.learning_rate = {RECOMMENDED_LEARNING_RATE:g}, the default the trainer "
                 "converges with, then confirm it with the lr-range-test.",
                 patch,
+                # a peak that cannot move the weights, or rewrites them, is why the range test
+                # finds the configured learning rate too low or too high
+                explains=("lr-range-test",),
             )
         if cosine and config.warmup_epochs >= config.num_epochs:
             epochs = repaired_warmup_epochs(config.num_epochs)

@@ -15,14 +15,17 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from quad_doctor.checks import ALL_CHECKS
 from quad_doctor.context import DiagnosisContext
+from quad_doctor.engine import CHEAP_PHASES, find_check, lr_range_report
 from quad_doctor.engine import diagnose as run_diagnosis
-from quad_doctor.engine import find_check
 from quad_doctor.findings import Report, Severity
+from quad_doctor.lr_range import DEFAULT_ITERS
 from quad_doctor.reports import console as console_report
 from quad_doctor.reports import json as json_report
+from quad_doctor.reports.plots import lr_range_figure, plot_format, save_figure
 from quad_doctor.trainer.config import Config, load_config, save_config
 from quad_doctor.trainer.errors import QuadDoctorError, UsageError
 from quad_doctor.trainer.loop import Trainer, TrainingInterrupted
@@ -38,6 +41,7 @@ app = typer.Typer(
     rich_markup_mode=None,
 )
 console = Console()
+LR_RANGE = "lr-range-test"
 error_console = Console(stderr=True)
 
 ConfigOption = Annotated[
@@ -158,6 +162,98 @@ def diagnose(
         written = [str(json_path)] if json_path is not None else []
         written.append(str(target / "report.json"))
         console.print(f"report: {' and '.join(written)}", highlight=False, soft_wrap=True)
+        return exit_code(report, fail_on)
+
+    raise typer.Exit(_guarded(debug, action))
+
+
+@app.command("lr-range-test")
+def lr_range_test(
+    config: ConfigOption = None,
+    set_: SetOption = None,
+    json_path: Annotated[
+        Path | None, typer.Option("--json", help="Also write the JSON report here.")
+    ] = None,
+    plot: Annotated[
+        Path | None,
+        typer.Option("--plot", help="Also draw the curve here (.svg, .png or .pdf)."),
+    ] = None,
+    iters: Annotated[
+        int, typer.Option("--iters", min=10, max=1000, help="Most training steps of the sweep.")
+    ] = DEFAULT_ITERS,
+    repeats: Annotated[
+        int,
+        typer.Option(
+            "--repeats", min=1, max=5, help="Sweeps over different data orders; they must agree."
+        ),
+    ] = 1,
+    start_lr: Annotated[
+        float | None, typer.Option("--start-lr", help="First LR (default: from the weights).")
+    ] = None,
+    end_lr: Annotated[
+        float | None, typer.Option("--end-lr", help="Last LR (default: from the weights).")
+    ] = None,
+    fail_on: Annotated[
+        FailOn, typer.Option("--fail-on", help="Exit 1 on findings at or above this severity.")
+    ] = FailOn.warning,
+    run_dir: RunDirOption = None,
+    debug: DebugOption = False,
+) -> None:
+    """The LR range test alone: curve, suggested LR and warm-up start, verdict on the configured LR.
+
+    The cheap upstream checks run too, so a curve that does not respond to the LR is blamed on
+    what causes it (the sampler, the loss bounds, the data).
+    """
+
+    def action() -> int:
+        if plot is not None:
+            plot_format(plot)  # a bad suffix fails before any work
+        for name, value in (("--start-lr", start_lr), ("--end-lr", end_lr)):
+            if value is not None and not (0 < value < float("inf")):
+                raise UsageError(f"{name}: must be a positive learning rate, got {value:g}")
+        if start_lr and end_lr and start_lr >= end_lr:
+            raise UsageError(f"--start-lr {start_lr:g} must be below --end-lr {end_lr:g}")
+        resolved = _config(config, set_)
+        ctx = DiagnosisContext(resolved)
+        ctx.options[LR_RANGE] = {
+            "iters": iters,
+            "repeats": repeats,
+            "start_lr": start_lr,
+            "end_lr": end_lr,
+        }
+        names = [c.name for c in ALL_CHECKS if c.phase in CHEAP_PHASES or c.name == LR_RANGE]
+        with _check_progress() as progress:
+            task = progress.add_task("preparing", total=None)
+
+            def on_check(name: str, index: int, total: int) -> None:
+                progress.update(task, description=name, completed=index, total=total)
+
+            report = run_diagnosis(resolved, names, ctx=ctx, on_check=on_check)
+        report = lr_range_report(report)
+        report.context["config_source"] = _source(config, set_)
+        test = report.lr_range_test
+        console.print(Text("quad-doctor lr-range-test", style="bold"))
+        if test is None:
+            skipped = next(run for run in report.checks if run.name == LR_RANGE)
+            console.print(f"lr-range-test {skipped.status}: {skipped.message}")
+            return exit_code(report, fail_on)
+        console.print(console_report.lr_range_curve(test))
+        console.print(console_report.lr_range_table(test))
+        console.print()
+        for ranked in report.findings:
+            console.print(console_report.ranked_block(ranked))
+        target = new_run_dir(run_dir)
+        written = [str(p) for p in (json_path, plot) if p is not None]
+        figure = lr_range_figure(test)
+        if plot is not None:
+            save_figure(figure, plot)
+        save_figure(figure, target / "lr_range_test.svg")
+        if json_path is not None:
+            json_report.render(report, json_path)
+        save_config(resolved, target / "config.toml")
+        json_report.render(report, target / "report.json")
+        written += [str(target / "report.json"), str(target / "lr_range_test.svg")]
+        console.print(f"written: {', '.join(written)}", highlight=False, soft_wrap=True)
         return exit_code(report, fail_on)
 
     raise typer.Exit(_guarded(debug, action))

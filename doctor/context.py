@@ -8,11 +8,14 @@ that needs to train works on `model_copy()` and `optimizer_for(copy)`.
 from __future__ import annotations
 
 import copy
+import math
 import random
+import statistics
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -59,11 +62,31 @@ def isolated_rng(seed: int, device: torch.device | None = None) -> Iterator[None
         np.random.set_state(numpy_state)
 
 
+def weight_scale(model: torch.nn.Module) -> float | None:
+    """The typical size of the trainable weights: median RMS of their weight tensors.
+
+    Weight matrices, conv kernels and embedding tables (two or more axes) only: biases start at
+    zero and norm gains at one, so they say nothing about the scale. None if nothing trains.
+    """
+    trainable = [p.detach() for p in model.parameters() if p.requires_grad]
+    weights = [p for p in trainable if p.ndim >= 2] or trainable
+    if not weights:
+        return None
+    # vector_norm is one kernel per tensor; pow/mean/sqrt took ~1 ms per tensor on 2 CPU cores
+    return statistics.median(
+        float(torch.linalg.vector_norm(w.float())) / math.sqrt(w.numel()) for w in weights
+    )
+
+
 class DiagnosisContext:
     """Lazily built trainer pieces for one config, shared by every check of a diagnosis."""
 
     def __init__(self, config: Config) -> None:
         self.config = config
+        # Report-level measurements checks publish for the report (the LR range test's curve).
+        self.published: dict[str, Any] = {}
+        # Per-check settings a command passes down, by check name (the LR sweep's span, steps).
+        self.options: dict[str, dict[str, Any]] = {}
 
     # -- data ------------------------------------------------------------------------------------
 
@@ -139,6 +162,11 @@ class DiagnosisContext:
     def model_copy(self) -> QuadModel:
         """An independent copy of the model for checks that run forward/backward steps."""
         return copy.deepcopy(self.model)
+
+    @cached_property
+    def weight_scale(self) -> float | None:
+        """The typical size of the model's trainable weights (see `weight_scale`)."""
+        return weight_scale(self.model)
 
     @cached_property
     def optimizer(self) -> torch.optim.Optimizer | None:

@@ -6,6 +6,7 @@ import dataclasses
 import difflib
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from quad_doctor.checks import ALL_CHECKS, Check
 from quad_doctor.checks.base import SkipCheck
@@ -69,14 +70,18 @@ def run_check(check: type[Check], ctx: DiagnosisContext) -> tuple[CheckRun, list
     return CheckRun(check.name, status, time.perf_counter() - started), found
 
 
-def verify(finding: Finding, config: Config) -> Verification:
+def verify(
+    finding: Finding, config: Config, options: dict[str, dict[str, Any]] | None = None
+) -> Verification:
     """Apply the finding's patch and re-run its check and the cheap checks it explains.
 
     Verified when none of them finds anything at warning or above on the patched config.
+    `options` are the per-check settings of the original diagnosis.
     """
     try:
         patched = patched_config(config, finding.config_patch)
         ctx = DiagnosisContext(patched)
+        ctx.options = dict(options or {})
         names = (finding.check, *finding.explains)
         checks = [c for c in ALL_CHECKS if c.name in names]
         checks = [c for c in checks if c.name == finding.check or c.phase in CHEAP_PHASES]
@@ -121,7 +126,7 @@ def diagnose(
         if on_check:
             on_check("verifying remedies", len(selected), len(selected))
         findings = [
-            dataclasses.replace(f, verification=verify(f, config))
+            dataclasses.replace(f, verification=verify(f, config, ctx.options))
             if f.config_patch and f.severity >= Severity.WARNING
             else f
             for f in findings
@@ -132,6 +137,23 @@ def diagnose(
         checks=tuple(runs),
         context=describe(ctx),
         duration_s=time.perf_counter() - started,
+        lr_range_test=ctx.published.get("lr_range_test"),
+    )
+
+
+def lr_range_report(report: Report) -> Report:
+    """The part of `report` about the LR range test: its findings with the causes they nest under.
+
+    Root causes whose group holds no lr-range-test finding are left out, and ranks renumbered.
+    """
+    kept = [
+        ranked
+        for ranked in report.findings
+        if "lr-range-test" in (ranked.finding.check, *(f.check for f in ranked.explained))
+    ]
+    return dataclasses.replace(
+        report,
+        findings=tuple(dataclasses.replace(r, rank=i) for i, r in enumerate(kept, start=1)),
     )
 
 

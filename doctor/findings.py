@@ -103,6 +103,7 @@ class Report:
     checks: tuple[CheckRun, ...]
     context: dict[str, Any] = field(default_factory=dict)
     duration_s: float = 0.0
+    lr_range_test: dict[str, Any] | None = None  # the LR range test's curve and verdict, if run
 
     def count(self, severity: Severity) -> int:
         """How many findings, explained ones included, have exactly this severity."""
@@ -124,6 +125,7 @@ class Report:
             "checks": [asdict(c) for c in self.checks],
             "context": self.context,
             "duration_s": round(self.duration_s, 3),
+            "lr_range_test": self.lr_range_test,
         }
 
 

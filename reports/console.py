@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import tomli_w
@@ -30,7 +31,9 @@ def render(report: Report, console: Console, title: str = "quad-doctor diagnose"
     if not report.findings:
         console.print(Text("No problems found.", style="bold green"))
     for ranked in report.findings:
-        console.print(_ranked(ranked))
+        console.print(ranked_block(ranked))
+    if report.lr_range_test:
+        console.print(lr_range_line(report.lr_range_test))
     console.print(_checks(report))
     console.print(summary_line(report))
 
@@ -78,7 +81,8 @@ def _header(report: Report, title: str) -> RenderableType:
     return Group(Text(title, style="bold"), table, Text())
 
 
-def _ranked(ranked: RankedFinding) -> RenderableType:
+def ranked_block(ranked: RankedFinding) -> RenderableType:
+    """One root cause: headline, evidence, remedy, patch, verification, what it explains."""
     finding = ranked.finding
     parts: list[RenderableType] = [_headline(f"{ranked.rank:>2} ", finding)]
     body = Table.grid(padding=(0, 2))
@@ -181,3 +185,172 @@ def _checks(report: Report) -> RenderableType:
             run.message,
         )
     return Group(table, Text())
+
+
+# -- the LR range test -------------------------------------------------------------------------
+
+VERDICT_STYLE = {
+    "ok": "bold green",
+    "too-high": "bold red",
+    "too-low": "bold yellow",
+    "not-lr": "bold magenta",
+}
+
+
+def lr_range_line(test: dict[str, Any]) -> Text:
+    """`LR range test  suggested 6.5e-04, warm-up from 6.5e-06 · learning_rate 1e-04: ok · …`."""
+    text = Text("LR range test  ", style="bold")
+    if test.get("suggested_lr"):
+        text.append(f"suggested {test['suggested_lr']:.2g}", style="bold")
+        text.append(f", warm-up from {test['warmup_start_lr']:.2g}")
+    else:
+        text.append("no suggestion: the learning rate is not the cause")
+    text.append(f" · learning_rate {test['configured_lr']:.2g}: ")
+    text.append(test["verdict"], style=VERDICT_STYLE.get(test["verdict"], ""))
+    reliability = test.get("reliability") or {}
+    if reliability.get("level") not in (None, "none"):
+        text.append(f" · reliability {reliability['level']}")
+        if reliability.get("snr") is not None:
+            text.append(f" (valley {reliability['snr']:.0f}× the loss noise)")
+        if reliability.get("spread_decades") is not None:
+            text.append(f", {len(reliability['repeats'])} sweeps agree within ")
+            text.append(f"{reliability['spread_decades']:.2f} decades")
+    text.append(
+        f" · {test['iterations']} steps ({test['stop_reason']}), {test['duration_s']:.1f} s",
+        style="dim",
+    )
+    return Text.assemble(text, "\n")
+
+
+def lr_range_curve(test: dict[str, Any], width: int = 64, height: int = 12) -> Text:
+    """The held-out loss against log LR as a text plot: `•` the curve, `─` ln(B-1), and the
+    columns of the suggestion (`S`) and of the configured LR (`C`, an arrow when outside)."""
+    lrs, losses = test["lr"], test["loss"]
+    if len(lrs) < 2:
+        return Text("(too few points to plot)", style="dim")
+    left, right = math.log10(lrs[0]), math.log10(lrs[-1])
+    columns: list[list[float]] = [[] for _ in range(width)]
+    for lr, loss in zip(lrs, losses, strict=True):
+        columns[_column(lr, left, right, width)].append(loss)
+    collapse = test.get("collapse_value")
+    low = min(losses)
+    # a divergence spike must not squash the valley: cap the top a little above the start
+    high = min(max(losses), losses[0] + 0.25 * max(losses[0] - low, 0.2))
+    high = max(high, collapse or high)
+    if high - low < 1e-6:
+        high = low + 0.01
+
+    def row_of(value: float) -> int:
+        clipped = min(max(value, low), high)
+        return round((high - clipped) / (high - low) * (height - 1))
+
+    grid = [[" "] * width for _ in range(height)]
+    styles = [[""] * width for _ in range(height)]
+    if collapse is not None:
+        for x in range(width):
+            grid[row_of(collapse)][x], styles[row_of(collapse)][x] = "─", "dim"
+    configured = test.get("configured_lr")
+    marks = [
+        ("S", test.get("suggested_lr"), "bold green"),
+        ("C", configured, VERDICT_STYLE.get(test["verdict"], "bold")),
+    ]
+    header = Text(" " * 8)
+    header_cells = [" "] * width
+    header_styles = [""] * width
+    for mark, lr, style in marks:
+        if not lr:
+            continue
+        x = 0 if lr < lrs[0] else width - 1 if lr > lrs[-1] else _column(lr, left, right, width)
+        if lrs[0] <= lr <= lrs[-1]:
+            for y in range(height):
+                grid[y][x], styles[y][x] = "│", style
+        cells = {x: mark}
+        if lr < lrs[0]:
+            cells = {0: "◀", 1: mark}
+        elif lr > lrs[-1]:
+            cells = {width - 2: mark, width - 1: "▶"}
+        for at, cell in cells.items():
+            header_cells[at], header_styles[at] = cell, style
+    for cell, style in zip(header_cells, header_styles, strict=True):
+        header.append(cell, style=style)
+    for x, values in enumerate(columns):
+        if values:
+            y = row_of(sum(values) / len(values))
+            grid[y][x], styles[y][x] = "•", "bold blue"
+    text = Text.assemble(header, "\n")
+    labelled = {0: high, height - 1: low}
+    if collapse is not None:
+        labelled[row_of(collapse)] = collapse
+    for y in range(height):
+        text.append(f"{labelled[y]:7.4f} " if y in labelled else " " * 8, style="dim")
+        for x in range(width):
+            text.append(grid[y][x], style=styles[y][x])
+        text.append("\n")
+    axis = f"{lrs[0]:<10.2g}{'learning rate (log scale)':^{width - 20}}{lrs[-1]:>10.2g}"
+    text.append(" " * 8 + axis + "\n", style="dim")
+    legend = Text(" " * 8 + "• held-out loss  ─ ln(B-1)")
+    if test.get("suggested_lr"):
+        legend.append(f"  S suggested {test['suggested_lr']:.2g}", style="green")
+    if configured:
+        legend.append(
+            f"  C configured {configured:.2g}", style=VERDICT_STYLE.get(test["verdict"], "")
+        )
+        if not lrs[0] <= configured <= lrs[-1]:
+            legend.append(f" ({'below' if configured < lrs[0] else 'above'} the sweep)")
+    return text + legend
+
+
+def _column(lr: float, left: float, right: float, width: int) -> int:
+    return min(width - 1, max(0, round((math.log10(lr) - left) / (right - left) * (width - 1))))
+
+
+def lr_range_table(test: dict[str, Any]) -> Table:
+    """Suggestion, warm-up start, verdict, valley and reliability as a two-column table."""
+    table = Table.grid(padding=(0, 2))
+    table.add_column(style="dim", no_wrap=True)
+    table.add_column()
+    suggested = test.get("suggested_lr")
+    table.add_row("suggested_lr", f"{suggested:.2g}" if suggested else "none (not the LR)")
+    warmup = test.get("warmup_start_lr")
+    table.add_row("warmup_start_lr", f"{warmup:.2g}" if warmup else "-")
+    table.add_row(
+        "verdict",
+        Text.assemble(
+            (test["verdict"], VERDICT_STYLE.get(test["verdict"], "")),
+            f" for learning_rate {test['configured_lr']:.2g}",
+        ),
+    )
+    valley = test.get("valley")
+    if valley:
+        end = f"{valley['end_lr']:.2g}" if valley.get("end_lr") else "past the sweep"
+        table.add_row(
+            "valley",
+            f"falls from {valley['onset_lr']:.2g}, lowest at {valley['bottom_lr']:.2g}, "
+            f"climbs back by {end}",
+        )
+    table.add_row(
+        "held-out loss",
+        f"{test['loss'][0]:.4f} untrained → {test['min_loss']:.4f} lowest; "
+        f"ln(B-1) = {test['collapse_value']:.4f}"
+        if test["loss"]
+        else "no finite value",
+    )
+    reliability = test.get("reliability") or {}
+    detail = f"{reliability.get('level')}"
+    if reliability.get("snr") is not None:
+        detail += (
+            f": valley depth {reliability['depth']:.3f} = {reliability['snr']:.1f}× the "
+            f"training loss noise {reliability['noise']:.3f}"
+        )
+    if reliability.get("spread_decades") is not None:
+        detail += f"; {len(reliability['repeats'])} sweeps within "
+        detail += f"{reliability['spread_decades']:.2f} decades"
+    table.add_row("reliability", detail)
+    table.add_row(
+        "sweep",
+        f"{test['iterations']} steps over {test['lr'][0]:.2g} … {test['lr'][-1]:.2g}, "
+        f"stopped: {test['stop_reason']}, {test['duration_s']:.1f} s"
+        if test["lr"]
+        else f"stopped at once: {test['stop_reason']}",
+    )
+    return table

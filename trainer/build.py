@@ -92,6 +92,15 @@ def build_optimizer(config: Config, model: torch.nn.Module) -> torch.optim.Optim
     return torch.optim.AdamW(params, lr=train.learning_rate, weight_decay=train.weight_decay)
 
 
+def autocast(config: Config, device: torch.device) -> torch.autocast:
+    """Mixed precision for forward and loss: bfloat16 on CUDA when `train.amp`, off on CPU.
+
+    bfloat16 keeps float32's exponent range, so no gradient scaler is needed.
+    """
+    enabled = config.train.amp and device.type == "cuda"
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
 def build_schedule(config: Config, steps_per_epoch: int) -> LRSchedule:
     """The per-step learning-rate schedule."""
     return LRSchedule(config.train, steps_per_epoch)

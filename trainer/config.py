@@ -101,6 +101,7 @@ class TrainConfig:
     optimizer: str = "adamw"
     weight_decay: float = 1e-4
     checkpoint_every_steps: int = 0
+    amp: bool = True  # bfloat16 autocast for forward and loss on CUDA; no effect on CPU
 
 
 @dataclass

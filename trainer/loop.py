@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from quad_doctor.trainer.build import (
+    autocast,
     build_dataset,
     build_loss,
     build_model,
@@ -186,9 +187,10 @@ class Trainer:
                 for cb in self.callbacks:
                     cb.on_train_batch_start(self, batch, step)
                 # 2. forward: four encoders, fusion, normalised embeddings
-                features = self.model(batch.video, batch.audio, batch.sensor, batch.text)
-                # 3. loss: SupCon over the batch
-                output = self.loss_fn(features, batch.labels)
+                with autocast(self.config, self.device):
+                    features = self.model(batch.video, batch.audio, batch.sensor, batch.text)
+                    # 3. loss: SupCon over the batch
+                    output = self.loss_fn(features, batch.labels)
                 # 4. backward
                 self.optimizer.zero_grad(set_to_none=True)
                 output.loss.backward()
