@@ -88,12 +88,14 @@ class LRRangeTest(Check):
             f"{warmup:.2g}."
         )
         lr = test.configured_lr
+        # a valley a step or two wide, or shallow against the noise, suggests but does not judge
+        confident = test.reliability != "low"
         if test.verdict == "too-high":
             end = test.valley["end_lr"] if test.valley else None
             where = f"the valley's end ({end:.2g})" if end else f"the sweep ({sweep.lr[-1]:.2g})"
             yield Finding(
                 self.name,
-                Severity.ERROR,
+                Severity.ERROR if confident else Severity.INFO,
                 f"learning_rate {lr:.2g} is too high: it lies past {where}, where the loss "
                 f"climbs back; it falls best around {suggested:.2g}",
                 evidence,
@@ -105,7 +107,7 @@ class LRRangeTest(Check):
         evidence["sweep_movement"] = test.to_dict()["sweep_movement"]
         yield Finding(
             self.name,
-            Severity.WARNING,
+            Severity.WARNING if confident else Severity.INFO,
             f"learning_rate {lr:.2g} is too low: the whole schedule moves a weight by at most "
             f"{test.training_movement:.2g}, while the sweep's loss began to fall only after "
             f"{test.sweep_movement:.2g}; it falls best around {suggested:.2g}",
@@ -145,10 +147,12 @@ class LRRangeTest(Check):
                 f"the loss does not respond to the learning rate: across {span} the held-out loss "
                 f"stays within {RESPONSE} of {test.reference:.4f} (lowest {test.min_loss:.4f})"
             )
-            cause = "something upstream keeps the model from learning"
             remedy = (
                 "Look upstream, not at the learning rate: data-integrity, loss-bounds, "
-                "frozen-parameters and gradient-flow."
+                "frozen-parameters and gradient-flow; or sweep longer (--iters, --repeats)."
             )
+            # no cause in sight: a warning, since a short sweep can miss a narrow valley
+            evidence["cause"] = "none identified"
+            return Finding(self.name, Severity.WARNING, title, evidence, remedy)
         evidence["cause"] = cause
         return Finding(self.name, Severity.ERROR, title, evidence, remedy)

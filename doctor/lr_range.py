@@ -267,7 +267,8 @@ def _sig(value: float | None, digits: int = 2) -> float | None:
 def analyse(sweep: Sweep, configured_lr: float, training_movement: float) -> RangeTest:
     """Find the valley, suggest a learning rate and judge the configured one.
 
-    - `not-lr`: the held-out loss never falls `RESPONSE` below min(untrained loss, ln(B-1)).
+    - `not-lr`: the held-out loss never falls `RESPONSE` below min(untrained loss, ln(B-1)) —
+      in its running median, or, when the sweep stopped because the loss came back, at all.
     - `too-high`: the configured LR lies past the valley's end, where the loss climbed back
       `REBOUND` of its descent, collapsed, diverged or went NaN.
     - `too-low`: the configured schedule's whole movement (Σ lr) is below what the sweep had
@@ -286,8 +287,15 @@ def analyse(sweep: Sweep, configured_lr: float, training_movement: float) -> Ran
             sweep, configured_lr, "not-lr", None, None, math.nan, math.nan, None, noise,
             0.0, "none", training_movement, None,
         )  # fmt: skip
-    start = float(np.median(np.asarray(sweep.loss)[:3]))
+    raw = np.asarray(sweep.loss)
+    start = float(np.median(raw[:3]))
     reference = min(start, sweep.collapse_value)
+    # The median filter keeps one-step spikes out of the valley. A sweep that stopped because the
+    # loss fell and then came back (collapse, rebound) did respond, even when too briefly for the
+    # filter: then the raw curve is used and the reliability is at most "low".
+    brief = not (curve < reference - RESPONSE).any()
+    if brief and sweep.stop_reason in ("collapsed", "rebounded"):
+        curve = raw
     bottom = int(np.argmin(curve))
     min_loss = float(curve[bottom])
     depth = reference - min_loss
@@ -319,6 +327,8 @@ def analyse(sweep: Sweep, configured_lr: float, training_movement: float) -> Ran
         verdict = "ok"
     snr = depth / noise if noise > 0 else math.inf
     level = "high" if snr >= RELIABLE_SNR else "medium" if snr >= WEAK_SNR else "low"
+    if brief:
+        level = "low"  # the valley is a step or two wide
     return RangeTest(
         sweep=sweep,
         configured_lr=configured_lr,
