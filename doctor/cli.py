@@ -238,6 +238,7 @@ def lr_range_test(
             console.print(f"lr-range-test {skipped.status}: {skipped.message}")
             return exit_code(report, fail_on)
         console.print(console_report.lr_range_curve(test))
+        console.print()
         console.print(console_report.lr_range_table(test))
         console.print()
         for ranked in report.findings:
