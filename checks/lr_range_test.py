@@ -55,19 +55,23 @@ class LRRangeTest(Check):
         if ctx.optimizer is None:
             raise SkipCheck("no parameter is trainable, so no learning rate applies")
         test = lr_range_test(ctx, **ctx.options.get(self.name, {}))
-        ctx.published["lr_range_test"] = test.to_dict()
-        yield from self._verdict(test, ctx)
+        published = test.to_dict()
+        ctx.published["lr_range_test"] = published
+        yield from self._verdict(test, published, ctx)
 
-    def _verdict(self, test: RangeTest, ctx: DiagnosisContext) -> Iterator[Finding]:
+    def _verdict(
+        self, test: RangeTest, published: dict, ctx: DiagnosisContext
+    ) -> Iterator[Finding]:
+        """`published` is `test.to_dict()`: the rounded figures the JSON report carries."""
         sweep = test.sweep
         evidence = {
             "verdict": test.verdict,
             "learning_rate": test.configured_lr,
-            "suggested_lr": test.to_dict()["suggested_lr"],
-            "warmup_start_lr": test.to_dict()["warmup_start_lr"],
+            "suggested_lr": published["suggested_lr"],
+            "warmup_start_lr": published["warmup_start_lr"],
             "valley": test.valley,
             "swept": f"{sweep.lr[0]:.2g} … {sweep.lr[-1]:.2g}" if sweep.lr else "",
-            "iterations": test.to_dict()["iterations"],
+            "iterations": published["iterations"],
             "stop_reason": sweep.stop_reason,
             "held_out_loss_min": round(test.min_loss, 4),
             "collapse_value": round(sweep.collapse_value, 4),
@@ -103,8 +107,8 @@ class LRRangeTest(Check):
                 patch,
             )
             return
-        evidence["training_movement"] = test.to_dict()["training_movement"]
-        evidence["sweep_movement"] = test.to_dict()["sweep_movement"]
+        evidence["training_movement"] = published["training_movement"]
+        evidence["sweep_movement"] = published["sweep_movement"]
         yield Finding(
             self.name,
             Severity.WARNING if confident else Severity.INFO,

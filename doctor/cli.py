@@ -7,7 +7,7 @@ or usage (one line on stderr, no traceback unless `--debug`), 130 interrupted.
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Annotated, TypeVar
 
@@ -25,7 +25,6 @@ from quad_doctor.findings import Report, Severity
 from quad_doctor.lr_range import DEFAULT_ITERS
 from quad_doctor.reports import console as console_report
 from quad_doctor.reports import json as json_report
-from quad_doctor.reports.plots import lr_range_figure, plot_format, save_figure
 from quad_doctor.trainer.config import Config, load_config, save_config
 from quad_doctor.trainer.errors import QuadDoctorError, UsageError
 from quad_doctor.trainer.loop import Trainer, TrainingInterrupted
@@ -114,8 +113,11 @@ def exit_code(report: Report, fail_on: FailOn) -> int:
     return int(report.worst >= Severity.parse(fail_on.value))
 
 
-def _check_progress() -> Progress:
-    return Progress(
+def _diagnose_with_progress(
+    config: Config, ctx: DiagnosisContext, only: Sequence[str], skip: Sequence[str] = ()
+) -> Report:
+    """Run the diagnosis under a transient progress bar naming the check that runs."""
+    progress = Progress(
         TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
@@ -123,6 +125,13 @@ def _check_progress() -> Progress:
         console=console,
         transient=True,
     )
+    with progress:
+        task = progress.add_task("preparing", total=None)
+
+        def on_check(name: str, index: int, total: int) -> None:
+            progress.update(task, description=name, completed=index, total=total)
+
+        return run_diagnosis(config, only, skip, ctx=ctx, on_check=on_check)
 
 
 @app.command()
@@ -145,13 +154,7 @@ def diagnose(
     def action() -> int:
         resolved = _config(config, set_)
         ctx = DiagnosisContext(resolved)
-        with _check_progress() as progress:
-            task = progress.add_task("preparing", total=None)
-
-            def on_check(name: str, index: int, total: int) -> None:
-                progress.update(task, description=name, completed=index, total=total)
-
-            report = run_diagnosis(resolved, _names(only), _names(skip), ctx=ctx, on_check=on_check)
+        report = _diagnose_with_progress(resolved, ctx, _names(only), _names(skip))
         report.context["config_source"] = _source(config, set_)
         console_report.render(report, console)
         if json_path is not None:
@@ -206,6 +209,9 @@ def lr_range_test(
     """
 
     def action() -> int:
+        # matplotlib costs 0.4 s to import: only this command pays it, not every start-up
+        from quad_doctor.reports.plots import lr_range_figure, plot_format, save_figure
+
         if plot is not None:
             plot_format(plot)  # a bad suffix fails before any work
         for name, value in (("--start-lr", start_lr), ("--end-lr", end_lr)):
@@ -222,13 +228,7 @@ def lr_range_test(
             "end_lr": end_lr,
         }
         names = [c.name for c in ALL_CHECKS if c.phase in CHEAP_PHASES or c.name == LR_RANGE]
-        with _check_progress() as progress:
-            task = progress.add_task("preparing", total=None)
-
-            def on_check(name: str, index: int, total: int) -> None:
-                progress.update(task, description=name, completed=index, total=total)
-
-            report = run_diagnosis(resolved, names, ctx=ctx, on_check=on_check)
+        report = _diagnose_with_progress(resolved, ctx, names)
         report = lr_range_report(report)
         report.context["config_source"] = _source(config, set_)
         test = report.lr_range_test

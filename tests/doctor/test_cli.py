@@ -6,25 +6,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
+from cli_support import one_line_error, run, runner
 
 from quad_doctor.cli import app
-
-runner = CliRunner()
-
-
-def run(*args):
-    result = runner.invoke(app, list(args))
-    return result.exit_code, result.stdout, result.stderr
-
-
-def assert_one_line_error(stderr, *fragments):
-    lines = stderr.strip().splitlines()
-    assert len(lines) == 1, stderr
-    assert lines[0].startswith("error: ")
-    assert "Traceback" not in stderr
-    for fragment in fragments:
-        assert fragment in lines[0]
 
 
 @pytest.mark.parametrize(
@@ -41,7 +25,7 @@ def assert_one_line_error(stderr, *fragments):
 def test_train_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, args, fragments):
     code, _, stderr = run("train", "--run-dir", str(tmp_path / "run"), *args)
     assert code == 2
-    assert_one_line_error(stderr, *fragments)
+    one_line_error(stderr, *fragments)
     assert not (tmp_path / "run").exists()
 
 
@@ -50,7 +34,7 @@ def test_invalid_toml_names_the_file(tmp_path):
     config.write_text("[train]\nbatch_size = = 3\n")
     code, _, stderr = run("train", "--config", str(config), "--run-dir", str(tmp_path / "r"))
     assert code == 2
-    assert_one_line_error(stderr, str(config), "not valid TOML")
+    one_line_error(stderr, str(config), "not valid TOML")
 
 
 def test_a_broken_dataset_is_reported_before_anything_is_written(tmp_path, truncated_dataset):
@@ -58,7 +42,7 @@ def test_a_broken_dataset_is_reported_before_anything_is_written(tmp_path, trunc
         "train", "--set", f'data.path="{truncated_dataset}"', "--run-dir", str(tmp_path / "run")
     )
     assert code == 2
-    assert_one_line_error(stderr, "sensor.npy")
+    one_line_error(stderr, "sensor.npy")
     assert not (tmp_path / "run").exists()
 
 
@@ -81,7 +65,7 @@ def test_make_dataset_writes_and_refuses_to_overwrite(tmp_path):
     ]
     code, _, stderr = run("make-dataset", str(target))
     assert code == 2
-    assert_one_line_error(stderr, str(target), "--force")
+    one_line_error(stderr, str(target), "--force")
     code, _, _ = run(
         "make-dataset", str(target), "--force", "--set", "data.synthetic.num_samples=30"
     )
@@ -92,7 +76,7 @@ def test_make_dataset_writes_and_refuses_to_overwrite(tmp_path):
 def test_resume_without_a_run_is_a_usage_error(tmp_path):
     code, _, stderr = run("train", "--resume", "--run-dir", str(tmp_path / "none"))
     assert code == 2
-    assert_one_line_error(stderr, "--resume")
+    one_line_error(stderr, "--resume")
 
 
 def test_installed_console_script_trains_into_runs_latest(tmp_path, small_overrides):

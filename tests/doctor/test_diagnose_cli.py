@@ -4,27 +4,9 @@ import json
 import re
 
 import pytest
-from typer.testing import CliRunner
+from cli_support import one_line_error, run, sets
 
-from quad_doctor.cli import app
 from quad_doctor.engine import check_names
-
-runner = CliRunner()
-
-
-def run(*args):
-    result = runner.invoke(app, list(args))
-    return result.exit_code, result.stdout, result.stderr
-
-
-def sets(overrides):
-    return [arg for override in overrides for arg in ("--set", override)]
-
-
-def one_line_error(stderr, *fragments):
-    lines = stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in stderr
-    assert all(fragment in lines[0] for fragment in fragments), lines[0]
 
 
 def test_the_original_failure_is_ranked_first_with_evidence_and_a_verified_patch(

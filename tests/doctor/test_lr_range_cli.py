@@ -3,26 +3,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from typer.testing import CliRunner
-
-from quad_doctor.cli import app
-
-runner = CliRunner()
-
-
-def run(*args):
-    result = runner.invoke(app, list(args))
-    return result.exit_code, result.stdout, result.stderr
-
-
-def sets(overrides):
-    return [arg for override in overrides for arg in ("--set", override)]
-
-
-def one_line_error(stderr, *fragments):
-    lines = stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in stderr
-    assert all(fragment in lines[0] for fragment in fragments), lines[0]
+from cli_support import one_line_error, run, sets
 
 
 def test_curve_suggestion_json_and_plots(tmp_path, small_overrides):
