@@ -22,6 +22,14 @@ STUCK_BATCHES_CRITICAL = 0.5
 LITTLE_ROOM_WARNING = 0.25
 # Real batches the untrained model is evaluated on; enough for a stable mean, cheap on CPU.
 PROBE_BATCHES = 3
+# A loss at its floor explains what gradients, the LR curve and the embeddings then show.
+CRITICAL_EXPLAINS = (
+    "lr-range-test",
+    "gradient-flow",
+    "embedding-collapse",
+    "loss-pinned",
+    "plateau",
+)
 
 
 class LossBounds(Check):
@@ -56,58 +64,14 @@ class LossBounds(Check):
     def run(self, ctx: DiagnosisContext) -> Iterator[Finding]:
         labels = ctx.manifest.labels
         batches = ctx.epoch_batches()
-        floors = np.array([supcon_floor(labels[rows]) for rows in batches])
-        collapses = np.array([supcon_collapse_value(len(rows)) for rows in batches])
-        learnable = np.isfinite(floors)
-        batch_size = ctx.config.train.batch_size
-        evidence: dict[str, object] = {
-            "batch_size": batch_size,
-            "collapse_value_ln_b_minus_1": round(supcon_collapse_value(batch_size), 4),
-            "batches": len(batches),
-            "batches_without_positives": int((~learnable).sum()),
-        }
-        if not learnable.any():
-            evidence["supcon_floor_mean_ln_p"] = None
-            yield Finding(
-                self.name,
-                Severity.CRITICAL,
-                "no batch has a positive pair: the SupCon loss is 0 and carries no gradient",
-                evidence,
-                "Make batches hold two or more samples of a class (see sampler-class-mix).",
-                explains=("lr-range-test", "gradient-flow"),
-            )
-            return
-        rooms = collapses[learnable] - floors[learnable]
-        stuck_share = float(np.mean(rooms < NO_ROOM_CRITICAL))
-        floor = float(np.median(floors[learnable]))
-        collapse = float(np.median(collapses[learnable]))
-        room = float(np.median(rooms))
-        untrained = self._untrained_loss(ctx, batches[:PROBE_BATCHES])
-        evidence |= {
-            "supcon_floor_mean_ln_p": round(floor, 4),
-            "room_to_fall": round(room, 4),
-            "batches_without_room_fraction": round(stuck_share, 4),
-            "untrained_loss": round(untrained, 4) if math.isfinite(untrained) else None,
-        }
-        if stuck_share > STUCK_BATCHES_CRITICAL:
-            yield Finding(
-                self.name,
-                Severity.CRITICAL,
-                f"the loss cannot move in {stuck_share:.0%} of batches: their floor {floor:.4f} "
-                f"is the collapse value ln(B-1) = ln({batch_size - 1}) = {collapse:.4f}",
-                evidence,
-                "Mix classes within each batch; no learning rate can lower a loss that is "
-                "already at its floor.",
-                explains=("lr-range-test", "gradient-flow"),
-            )
-        elif room < LITTLE_ROOM_WARNING * collapse:
-            yield Finding(
-                self.name,
-                Severity.WARNING,
-                f"the loss can fall only {room:.2f} below its start value {collapse:.2f}",
-                evidence,
-                "Use more classes per batch or a larger batch to give SupCon room to learn.",
-            )
+        batch_labels = [labels[rows] for rows in batches]
+        evidence: dict[str, object] = {}
+        if any(np.isfinite(supcon_floor(b)) for b in batch_labels):
+            untrained = self._untrained_loss(ctx, batches[:PROBE_BATCHES])
+            evidence["untrained_loss"] = round(untrained, 4) if math.isfinite(untrained) else None
+        finding = loss_bounds_finding(batch_labels, ctx.config.train.batch_size, **evidence)
+        if finding is not None:
+            yield finding
 
     @staticmethod
     def _untrained_loss(ctx: DiagnosisContext, batches: list[np.ndarray]) -> float:
@@ -122,3 +86,62 @@ class LossBounds(Check):
                 if output.num_anchors:
                     losses.append(output.loss.item())
         return float(np.mean(losses)) if losses else math.nan
+
+
+def loss_bounds_finding(
+    batches: list[np.ndarray], batch_size: int, **evidence: object
+) -> Finding | None:
+    """The loss-bounds finding for these batches' labels, or None when the loss has room to fall.
+
+    Shared by the pre-flight check (a whole epoch of the sampler) and the live doctor (the
+    batches training really saw); `evidence` adds what the caller measured besides.
+    """
+    floors = np.array([supcon_floor(b) for b in batches])
+    collapses = np.array([supcon_collapse_value(len(b)) for b in batches])
+    learnable = np.isfinite(floors)
+    evidence = {
+        "batch_size": batch_size,
+        "collapse_value_ln_b_minus_1": round(supcon_collapse_value(batch_size), 4),
+        "batches": len(batches),
+        "batches_without_positives": int((~learnable).sum()),
+        **evidence,
+    }
+    if not learnable.any():
+        return Finding(
+            LossBounds.name,
+            Severity.CRITICAL,
+            "no batch has a positive pair: the SupCon loss is 0 and carries no gradient",
+            {**evidence, "supcon_floor_mean_ln_p": None},
+            "Make batches hold two or more samples of a class (see sampler-class-mix).",
+            explains=CRITICAL_EXPLAINS,
+        )
+    rooms = collapses[learnable] - floors[learnable]
+    stuck_share = float(np.mean(rooms < NO_ROOM_CRITICAL))
+    floor = float(np.median(floors[learnable]))
+    collapse = float(np.median(collapses[learnable]))
+    room = float(np.median(rooms))
+    evidence |= {
+        "supcon_floor_mean_ln_p": round(floor, 4),
+        "room_to_fall": round(room, 4),
+        "batches_without_room_fraction": round(stuck_share, 4),
+    }
+    if stuck_share > STUCK_BATCHES_CRITICAL:
+        return Finding(
+            LossBounds.name,
+            Severity.CRITICAL,
+            f"the loss cannot move in {stuck_share:.0%} of batches: their floor {floor:.4f} "
+            f"is the collapse value ln(B-1) = ln({batch_size - 1}) = {collapse:.4f}",
+            evidence,
+            "Mix classes within each batch; no learning rate can lower a loss that is "
+            "already at its floor.",
+            explains=CRITICAL_EXPLAINS,
+        )
+    if room < LITTLE_ROOM_WARNING * collapse:
+        return Finding(
+            LossBounds.name,
+            Severity.WARNING,
+            f"the loss can fall only {room:.2f} below its start value {collapse:.2f}",
+            evidence,
+            "Use more classes per batch or a larger batch to give SupCon room to learn.",
+        )
+    return None

@@ -9,6 +9,7 @@ import numpy as np
 from quad_doctor.checks.base import Check
 from quad_doctor.context import DiagnosisContext
 from quad_doctor.findings import Finding, Severity
+from quad_doctor.trainer.config import Config
 from quad_doctor.trainer.losses import supcon_collapse_value
 
 # Past half single-class batches, most steps carry no contrastive signal at all.
@@ -18,6 +19,8 @@ NO_POSITIVE_ERROR = 0.25
 NO_POSITIVE_WARNING = 0.05
 # How many leading batches to show label counts for, as the original debugging session did.
 SHOWN_BATCHES = 3
+# What a sampler that leaves SupCon nothing to learn explains, before and during training.
+CRITICAL_EXPLAINS = ("loss-bounds", "lr-range-test", "embedding-collapse", "loss-pinned", "plateau")
 
 
 def batch_label_line(index: int, labels: np.ndarray) -> str:
@@ -55,18 +58,43 @@ class SamplerClassMix(Check):
     order = 30
 
     def run(self, ctx: DiagnosisContext) -> Iterator[Finding]:
-        config = ctx.config.train
         labels = ctx.manifest.labels
-        batches = [labels[rows] for rows in ctx.epoch_batches()]
-        classes_per_batch = np.array([len(np.unique(b)) for b in batches])
-        positives = np.concatenate([np.bincount(b)[b] - 1 for b in batches])
-        single_class_share = float(np.mean(classes_per_batch == 1))
-        no_positive_share = float(np.mean(positives == 0))
-        collapse = supcon_collapse_value(config.batch_size)
-        evidence = {
-            "sampler": config.sampler,
+        classes = int(np.count_nonzero(np.bincount(labels[ctx.train_rows])))
+        finding = class_mix_finding(
+            [labels[rows] for rows in ctx.epoch_batches()], ctx.config, classes
+        )
+        if finding is not None:
+            yield finding
+
+
+def class_mix_finding(
+    batches: list[np.ndarray], config: Config, num_classes: int, **evidence: object
+) -> Finding | None:
+    """The sampler-class-mix finding for these batches' labels, or None when their mix is fine.
+
+    Shared by the pre-flight check (a whole epoch of the sampler) and the live doctor (the
+    batches training really saw); `evidence` adds where the batches came from.
+    """
+    train = config.train
+    classes_per_batch = np.array([len(np.unique(b)) for b in batches])
+    positives = np.concatenate([np.bincount(b)[b] - 1 for b in batches])
+    single_class_share = float(np.mean(classes_per_batch == 1))
+    no_positive_share = float(np.mean(positives == 0))
+    collapse = supcon_collapse_value(train.batch_size)
+    verdict = _verdict(single_class_share, no_positive_share, train.batch_size, collapse)
+    if verdict is None:
+        return None
+    severity, title = verdict
+    patch, remedy = _remedy(config, num_classes)
+    return Finding(
+        check=SamplerClassMix.name,
+        severity=severity,
+        title=title,
+        evidence={
+            "sampler": train.sampler,
             "batches": len(batches),
-            "batch_size": config.batch_size,
+            "batch_size": train.batch_size,
+            **evidence,
             "first_batches": [
                 batch_label_line(i, b) for i, b in enumerate(batches[:SHOWN_BATCHES])
             ],
@@ -77,60 +105,50 @@ class SamplerClassMix(Check):
             "anchors_without_positive_fraction": round(no_positive_share, 4),
             # the floor of a single-class batch, and the loss of collapsed embeddings
             "collapse_value_ln_b_minus_1": round(collapse, 4),
-        }
-        verdict = self._verdict(single_class_share, no_positive_share, config.batch_size, collapse)
-        if verdict is None:
-            return
-        severity, title = verdict
-        patch, remedy = self._remedy(ctx)
-        yield Finding(
-            check=self.name,
-            severity=severity,
-            title=title,
-            evidence=evidence,
-            remedy=remedy,
-            config_patch=patch,
-            # Only a sampler that leaves SupCon nothing to learn explains a flat loss and LR curve.
-            explains=("loss-bounds", "lr-range-test") if severity is Severity.CRITICAL else (),
+        },
+        remedy=remedy,
+        config_patch=patch,
+        # Only a sampler that leaves SupCon nothing to learn explains a flat loss and LR curve
+        # (and, live, the collapsed embeddings and the loss pinned at ln(B-1)).
+        explains=CRITICAL_EXPLAINS if severity is Severity.CRITICAL else (),
+    )
+
+
+def _verdict(
+    single_class_share: float, no_positive_share: float, batch_size: int, collapse: float
+) -> tuple[Severity, str] | None:
+    if single_class_share > SINGLE_CLASS_CRITICAL:
+        return Severity.CRITICAL, (
+            f"{single_class_share:.0%} of batches hold a single class: SupCon cannot go "
+            f"below ln(B-1) = ln({batch_size - 1}) = {collapse:.4f}"
         )
+    if no_positive_share == 1.0:
+        return (
+            Severity.CRITICAL,
+            "no anchor has a positive in its batch: SupCon has nothing to learn from",
+        )
+    title = f"{no_positive_share:.0%} of anchors have no positive in their batch"
+    if no_positive_share > NO_POSITIVE_ERROR:
+        return Severity.ERROR, title
+    if no_positive_share > NO_POSITIVE_WARNING:
+        return Severity.WARNING, title
+    return None
 
-    @staticmethod
-    def _verdict(
-        single_class_share: float, no_positive_share: float, batch_size: int, collapse: float
-    ) -> tuple[Severity, str] | None:
-        if single_class_share > SINGLE_CLASS_CRITICAL:
-            return Severity.CRITICAL, (
-                f"{single_class_share:.0%} of batches hold a single class: SupCon cannot go "
-                f"below ln(B-1) = ln({batch_size - 1}) = {collapse:.4f}"
-            )
-        if no_positive_share == 1.0:
-            return (
-                Severity.CRITICAL,
-                "no anchor has a positive in its batch: SupCon has nothing to learn from",
-            )
-        title = f"{no_positive_share:.0%} of anchors have no positive in their batch"
-        if no_positive_share > NO_POSITIVE_ERROR:
-            return Severity.ERROR, title
-        if no_positive_share > NO_POSITIVE_WARNING:
-            return Severity.WARNING, title
-        return None
 
-    @staticmethod
-    def _remedy(ctx: DiagnosisContext) -> tuple[dict[str, object], str]:
-        config = ctx.config.train
-        classes = int(np.count_nonzero(np.bincount(ctx.manifest.labels[ctx.train_rows])))
-        needed = 2 * classes
-        patch: dict[str, object] = {}
-        remedies = []
-        if config.sampler != "stratified":
-            patch["train.sampler"] = "stratified"
-            remedies.append(
-                "Use the stratified sampler: every batch then holds every class, two or more each."
-            )
-        if config.batch_size < needed:
-            patch["train.batch_size"] = needed
-            remedies.append(
-                f"Raise train.batch_size to at least {needed} so each of the {classes} classes "
-                "can have two samples (one positive pair) in every batch."
-            )
-        return patch, " ".join(remedies)
+def _remedy(config: Config, num_classes: int) -> tuple[dict[str, object], str]:
+    train = config.train
+    needed = 2 * num_classes
+    patch: dict[str, object] = {}
+    remedies = []
+    if train.sampler != "stratified":
+        patch["train.sampler"] = "stratified"
+        remedies.append(
+            "Use the stratified sampler: every batch then holds every class, two or more each."
+        )
+    if train.batch_size < needed:
+        patch["train.batch_size"] = needed
+        remedies.append(
+            f"Raise train.batch_size to at least {needed} so each of the {num_classes} classes "
+            "can have two samples (one positive pair) in every batch."
+        )
+    return patch, " ".join(remedies)

@@ -7,6 +7,7 @@ or usage (one line on stderr, no traceback unless `--debug`), 130 interrupted.
 from __future__ import annotations
 
 import enum
+import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Annotated, TypeVar
@@ -21,7 +22,9 @@ from quad_doctor.checks import ALL_CHECKS
 from quad_doctor.context import DiagnosisContext
 from quad_doctor.engine import CHEAP_PHASES, find_check, lr_range_report
 from quad_doctor.engine import diagnose as run_diagnosis
+from quad_doctor.engine import verify as verify_remedy
 from quad_doctor.findings import Report, Severity
+from quad_doctor.live import LiveDoctor
 from quad_doctor.lr_range import DEFAULT_ITERS
 from quad_doctor.reports import console as console_report
 from quad_doctor.reports import json as json_report
@@ -288,6 +291,61 @@ def explain(
 
 
 @app.command()
+def report(
+    from_path: Annotated[
+        Path | None, typer.Option("--from", help="A saved report.json (default: the latest run's).")
+    ] = None,
+    run_dir: Annotated[
+        Path | None, typer.Option("--run-dir", help="Render this run directory's report.json.")
+    ] = None,
+    fail_on: Annotated[
+        FailOn, typer.Option("--fail-on", help="Exit 1 on findings at or above this severity.")
+    ] = FailOn.never,
+    debug: DebugOption = False,
+) -> None:
+    """Render a saved report.json: a diagnosis, an LR range test or a training run."""
+
+    def action() -> int:
+        saved = _load_report(_report_path(from_path, run_dir))
+        console_report.render(saved, console, title="quad-doctor report")
+        return exit_code(saved, fail_on)
+
+    raise typer.Exit(_guarded(debug, action))
+
+
+def _report_path(from_path: Path | None, run_dir: Path | None) -> Path:
+    """`--from`, else `--run-dir`'s report.json, else the latest run's."""
+    if from_path is not None and run_dir is not None:
+        raise UsageError("--from and --run-dir: give one or the other")
+    if from_path is not None:
+        return from_path
+    directory = run_dir or latest_run_dir()
+    if directory is None:
+        raise UsageError("no run yet: runs/latest does not exist (use --from or --run-dir)")
+    return directory / "report.json"
+
+
+def _load_report(path: Path) -> Report:
+    """The report saved at `path`; a UsageError naming the file when it cannot be one."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UsageError(f"{path}: report file not found") from None
+    except json.JSONDecodeError as exc:
+        raise UsageError(
+            f"{path}: not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}"
+        ) from None
+    except UnicodeDecodeError:
+        raise UsageError(f"{path}: not valid JSON: not UTF-8 text") from None
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot read it: {exc.strerror}") from None
+    try:
+        return Report.from_dict(data)
+    except UsageError as exc:
+        raise UsageError(f"{path}: {exc}") from None
+
+
+@app.command()
 def train(
     config: ConfigOption = None,
     set_: SetOption = None,
@@ -295,11 +353,25 @@ def train(
     resume: Annotated[
         bool, typer.Option("--resume", help="Continue the run in --run-dir (default: latest).")
     ] = False,
+    no_doctor: Annotated[
+        bool, typer.Option("--no-doctor", help="Train without the live doctor.")
+    ] = False,
+    stop_on: Annotated[
+        FailOn,
+        typer.Option(
+            "--stop-on",
+            help="Save a checkpoint and stop at the first live finding at or above this severity.",
+        ),
+    ] = FailOn.never,
     debug: DebugOption = False,
 ) -> None:
-    """Train the quadmodal model, writing config, metrics and checkpoints to the run directory."""
+    """Train the quadmodal model with the live doctor watching every step.
 
-    def action() -> None:
+    Writes config, metrics, checkpoints, the doctor's events.jsonl and its live report.json to
+    the run directory. Exits 1 when the doctor stopped training (--stop-on).
+    """
+
+    def action() -> int:
         directory = run_dir
         if resume:
             directory = directory or latest_run_dir()
@@ -308,18 +380,42 @@ def train(
                     f"--resume: no checkpoint to resume in {directory or 'runs/latest'}"
                 )
         resolved = _config(config if config or not resume else directory / "config.toml", set_)
+        doctor = None
+        if not no_doctor:
+            stop = None if stop_on is FailOn.never else Severity.parse(stop_on.value)
+            source = {"config_source": _source(config, set_)}
+            doctor = LiveDoctor(stop_on=stop, context=source, verify=verify_remedy)
         with console.status("preparing data and model"):
-            trainer = Trainer(resolved, console=console)
+            trainer = Trainer(resolved, callbacks=[doctor] if doctor else [], console=console)
         target = directory if resume else new_run_dir(directory)
         console.print(f"run directory: {target}")
         rows = trainer.fit(target, resume=resume)
         last = rows[-1]
+        if doctor is not None:
+            report = doctor.report()
+            if report.findings:
+                console.print()
+                for ranked in report.findings:
+                    console.print(console_report.ranked_block(ranked))
+            console.print(console_report.summary_line(report))
+        if trainer.should_stop:
+            console.print(
+                f"stopped: {trainer.stop_reason}\ncheckpoint: {trainer.stopped_checkpoint} "
+                "(continue with --resume)",
+                highlight=False,
+                soft_wrap=True,
+            )
+            return 1
         console.print(
             f"done: {len(rows) - 1} epochs, val_accuracy {last['val_accuracy']:.3f}, "
             f"metrics in {target / 'metrics.jsonl'}"
+            + ("" if doctor is None else f", report in {target / 'report.json'}"),
+            highlight=False,
+            soft_wrap=True,
         )
+        return 0
 
-    _guarded(debug, action)
+    raise typer.Exit(_guarded(debug, action))
 
 
 @app.command("make-dataset")

@@ -6,7 +6,26 @@ import enum
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from quad_doctor.trainer.errors import UsageError
+
 REPORT_SCHEMA = "quad-doctor/report/v1"
+# The fields of a training record (the live doctor's) that renderers read, and their types
+TRAINING_REQUIRED = {
+    "run_dir": str,
+    "status": str,
+    "epoch": int,
+    "num_epochs": int,
+    "global_step": int,
+}
+TRAINING_OPTIONAL = {
+    "stop_reason": (str, type(None)),
+    "collapse_value": float,
+    "batch_size": int,
+    "metrics": list,
+    "steps": dict,
+    "events": list,
+    "doctor": dict,
+}
 
 
 class Severity(enum.IntEnum):
@@ -26,6 +45,9 @@ class Severity(enum.IntEnum):
         return cls[name.upper()]
 
 
+SEVERITIES = tuple(str(severity) for severity in sorted(Severity, reverse=True))
+
+
 @dataclass(frozen=True)
 class Verification:
     """What the engine saw when it re-ran a finding's check on the config with its patch applied."""
@@ -43,6 +65,19 @@ class Verification:
             "remaining": list(self.remaining),
             "message": self.message,
         }
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str = "verification") -> Verification:
+        """The verification `to_dict` wrote; a UsageError naming `where` when it is malformed."""
+        _fields(
+            data, where, {"verified": bool, "statuses": dict}, {"remaining": list, "message": str}
+        )
+        return cls(
+            data["verified"],
+            data["statuses"],
+            tuple(data.get("remaining", ())),
+            data.get("message", ""),
+        )
 
 
 @dataclass(frozen=True)
@@ -67,6 +102,30 @@ class Finding:
         data["verification"] = self.verification.to_dict() if self.verification else None
         return data
 
+    @classmethod
+    def from_dict(cls, data: Any, where: str = "finding") -> Finding:
+        """The finding `to_dict` wrote; a UsageError naming `where` when it is malformed."""
+        required = {"check": str, "severity": str, "title": str}
+        optional = {"evidence": dict, "remedy": str, "config_patch": dict, "explains": list}
+        _fields(data, where, required, optional)
+        if data["severity"] not in SEVERITIES:
+            raise UsageError(
+                f"{where}.severity: unknown {data['severity']!r} (one of {', '.join(SEVERITIES)})"
+            )
+        verification = data.get("verification")
+        if verification is not None:
+            verification = Verification.from_dict(verification, f"{where}.verification")
+        return cls(
+            data["check"],
+            Severity.parse(data["severity"]),
+            data["title"],
+            data.get("evidence", {}),
+            data.get("remedy", ""),
+            data.get("config_patch", {}),
+            tuple(data.get("explains", ())),
+            verification,
+        )
+
 
 @dataclass(frozen=True)
 class CheckRun:
@@ -76,6 +135,12 @@ class CheckRun:
     status: str
     duration_s: float
     message: str = ""
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str = "check") -> CheckRun:
+        """The check run the report wrote; a UsageError naming `where` when it is malformed."""
+        _fields(data, where, {"name": str, "status": str, "duration_s": float}, {"message": str})
+        return cls(data["name"], data["status"], data["duration_s"], data.get("message", ""))
 
 
 @dataclass(frozen=True)
@@ -94,6 +159,17 @@ class RankedFinding:
             "explained": [f.to_dict() for f in self.explained],
         }
 
+    @classmethod
+    def from_dict(cls, data: Any, where: str = "finding") -> RankedFinding:
+        """The ranked finding `to_dict` wrote; a UsageError naming `where` when it is malformed."""
+        _fields(data, where, {"rank": int}, {"explained": list})
+        explained = enumerate(data.get("explained", ()))
+        return cls(
+            data["rank"],
+            Finding.from_dict(data, where),
+            tuple(Finding.from_dict(f, f"{where}.explained[{i}]") for i, f in explained),
+        )
+
 
 @dataclass(frozen=True)
 class Report:
@@ -104,6 +180,8 @@ class Report:
     context: dict[str, Any] = field(default_factory=dict)
     duration_s: float = 0.0
     lr_range_test: dict[str, Any] | None = None  # the LR range test's curve and verdict, if run
+    # A training run's record from the live doctor (status, per-step series, metrics, events)
+    training: dict[str, Any] | None = None
 
     def count(self, severity: Severity) -> int:
         """How many findings, explained ones included, have exactly this severity."""
@@ -126,7 +204,70 @@ class Report:
             "context": self.context,
             "duration_s": round(self.duration_s, 3),
             "lr_range_test": self.lr_range_test,
+            "training": self.training,
         }
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Report:
+        """The report `to_dict` wrote (schema v1); a one-line UsageError when it is not one."""
+        schema = data.get("schema") if isinstance(data, dict) else None
+        if schema != REPORT_SCHEMA:
+            found = "no schema" if schema is None else f"schema {schema!r}"
+            raise UsageError(f"not a quad-doctor report ({found}, expected {REPORT_SCHEMA!r})")
+        dict_or_null = (dict, type(None))
+        optional = {"context": dict, "duration_s": float}
+        optional |= {"lr_range_test": dict_or_null, "training": dict_or_null}
+        _fields(data, "report", {"findings": list, "checks": list}, optional)
+        if data.get("training") is not None:
+            _fields(data["training"], "training", TRAINING_REQUIRED, TRAINING_OPTIONAL)
+        findings = enumerate(data["findings"])
+        checks = enumerate(data["checks"])
+        return cls(
+            tuple(RankedFinding.from_dict(f, f"findings[{i}]") for i, f in findings),
+            tuple(CheckRun.from_dict(c, f"checks[{i}]") for i, c in checks),
+            data.get("context", {}),
+            data.get("duration_s", 0.0),
+            data.get("lr_range_test"),
+            data.get("training"),
+        )
+
+
+def _fields(
+    data: Any,
+    where: str,
+    required: dict[str, type | tuple[type, ...]],
+    optional: dict[str, type | tuple[type, ...]],
+) -> None:
+    """Raise a UsageError naming `where` unless `data` is an object holding every required key,
+    and every key it holds, required or optional, has its type."""
+    if not isinstance(data, dict):
+        raise UsageError(f"{where}: expected an object, got {_kind(type(data))}")
+    missing = [key for key in required if key not in data]
+    if missing:
+        raise UsageError(f"{where}: missing {missing[0]!r}")
+    for key, expected in (required | optional).items():
+        if key in data and not _fits(data[key], expected):
+            got = _kind(type(data[key]))
+            raise UsageError(f"{where}.{key}: expected {_kind(expected)}, got {got}")
+
+
+def _fits(value: Any, expected: type | tuple[type, ...]) -> bool:
+    """Whether a JSON value has the type: a float field takes integers too, and only a bool field
+    takes `true` (to Python a bool is an int)."""
+    kinds = expected if isinstance(expected, tuple) else (expected,)
+    if isinstance(value, bool):
+        return bool in kinds
+    return isinstance(value, kinds) or (isinstance(value, int) and float in kinds)
+
+
+JSON_KINDS = {dict: "object", list: "list", str: "string", bool: "boolean", int: "integer"}
+JSON_KINDS |= {float: "number", type(None): "null"}
+
+
+def _kind(expected: type | tuple[type, ...]) -> str:
+    """`object`, `number`, `object or null`: a type, or types, in JSON's words."""
+    kinds = expected if isinstance(expected, tuple) else (expected,)
+    return " or ".join(JSON_KINDS.get(kind, kind.__name__) for kind in kinds)
 
 
 def rank_findings(findings: list[Finding], order: dict[str, int]) -> tuple[RankedFinding, ...]:

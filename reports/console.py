@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections import Counter
 from typing import Any
 
 import tomli_w
@@ -11,7 +12,7 @@ from rich.padding import Padding
 from rich.table import Table
 from rich.text import Text
 
-from quad_doctor.findings import Finding, RankedFinding, Report, Severity
+from quad_doctor.findings import SEVERITIES, Finding, RankedFinding, Report, Severity
 
 SEVERITY_STYLE = {
     Severity.CRITICAL: "bold white on red",
@@ -26,15 +27,19 @@ MAX_DICT_ITEMS = 8
 
 
 def render(report: Report, console: Console, title: str = "quad-doctor diagnose") -> None:
-    """Print the report: what was diagnosed, the ranked root causes, the checks, a summary."""
+    """Print the report: what was diagnosed, how training went (if it ran), the ranked root causes,
+    the checks, a summary."""
     console.print(_header(report, title))
+    if report.training is not None:
+        console.print(training_block(report.training))
     if not report.findings:
         console.print(Text("No problems found.", style="bold green"))
     for ranked in report.findings:
         console.print(ranked_block(ranked))
     if report.lr_range_test:
         console.print(lr_range_line(report.lr_range_test))
-    console.print(_checks(report))
+    if report.checks:
+        console.print(_checks(report))
     console.print(summary_line(report))
 
 
@@ -354,3 +359,127 @@ def lr_range_table(test: dict[str, Any]) -> Table:
         else f"stopped at once: {test['stop_reason']}",
     )
     return table
+
+
+# -- a training run ----------------------------------------------------------------------------
+
+TRAINING_STATUS_STYLE = {
+    "running": "bold cyan",
+    "finished": "bold green",
+    "stopped": "bold red",
+    "interrupted": "bold yellow",
+}
+# Epoch rows shown: the first, the last and evenly spaced ones between; all are in metrics.jsonl.
+MAX_METRIC_ROWS = 12
+MAX_EVENTS = 5
+# A final loss this close to ln(B-1) is pinned there: the 3.4335 of the original failure's run.
+PINNED_TOLERANCE = 0.005
+
+
+def training_block(training: dict[str, Any]) -> RenderableType:
+    """How a training run went: status, per-epoch metrics, final loss against ln(B-1), the live
+    doctor's events and its overhead."""
+    table = Table.grid(padding=(0, 2))
+    table.add_column(style="dim", no_wrap=True)
+    table.add_column()
+    table.add_row("training", _training_status(training))
+    if training.get("metrics"):
+        table.add_row("metrics", _metrics_table(training["metrics"]))
+    loss = _final_loss(training)
+    if loss is not None and "collapse_value" in training:
+        table.add_row("final loss", _against_collapse(loss, training))
+    table.add_row("events", _events(training.get("events") or []))
+    doctor = training.get("doctor") or {}
+    if doctor.get("overhead_fraction") is not None:
+        overhead = f"{doctor['overhead_fraction']:.1%} of step time ({doctor['time_s']:.2f} s)"
+        table.add_row("doctor", overhead)
+    return Group(table, Text())
+
+
+def _training_status(training: dict[str, Any]) -> Text:
+    """`stopped: <reason> · 3/30 epochs · step 111 · runs/x`."""
+    status = training["status"]
+    text = Text(status, style=TRAINING_STATUS_STYLE.get(status, "bold"))
+    if training.get("stop_reason"):
+        text.append(f": {training['stop_reason']}")
+    text.append(f" · {training['epoch']}/{training['num_epochs']} epochs")
+    text.append(f" · step {training['global_step']} · {training['run_dir']}", style="dim")
+    return text
+
+
+def _metrics_table(rows: list[dict[str, Any]]) -> RenderableType:
+    """Epoch, train loss, val accuracy and LR; long runs show MAX_METRIC_ROWS spread evenly."""
+    table = Table(box=None, header_style="dim", padding=(0, 2, 0, 0))
+    for column in ("epoch", "train loss", "val accuracy", "lr"):
+        table.add_column(column, justify="right")
+    shown = _spread(len(rows), MAX_METRIC_ROWS)
+    for index in shown:
+        row = rows[index]
+        table.add_row(
+            str(row["epoch"]),
+            _or_dash(row.get("train_loss"), ".4f"),
+            _or_dash(row.get("val_accuracy"), ".3f"),
+            _or_dash(row.get("lr"), ".2e"),
+        )
+    hidden = len(rows) - len(shown)
+    if not hidden:
+        return table
+    return Group(table, Text(f"{hidden} more rows in metrics.jsonl", style="dim"))
+
+
+def _spread(count: int, limit: int) -> list[int]:
+    """At most `limit` indices into `count` items: the first, the last and evenly spaced ones."""
+    if count <= limit:
+        return list(range(count))
+    return sorted({round(i * (count - 1) / (limit - 1)) for i in range(limit)})
+
+
+def _or_dash(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def _final_loss(training: dict[str, Any]) -> float | None:
+    """The last epoch's mean training loss; the last step's loss while no epoch has finished."""
+    epochs = [row["train_loss"] for row in training.get("metrics") or [] if row.get("train_loss")]
+    steps = (training.get("steps") or {}).get("loss") or []
+    return epochs[-1] if epochs else steps[-1] if steps else None
+
+
+def _against_collapse(loss: float, training: dict[str, Any]) -> Text:
+    """`1.5165, 1.9175 below ln(31) = 3.4340`, or `3.4335, pinned at ln(31) = 3.4340`."""
+    collapse = training["collapse_value"]
+    bound = f"ln({training['batch_size'] - 1}) = {collapse:.4f}"
+    if abs(loss - collapse) < PINNED_TOLERANCE:
+        return Text(f"{loss:.4f}, pinned at {bound}", style="bold red")
+    side = "below" if loss < collapse else "above"
+    return Text(f"{loss:.4f}, {abs(loss - collapse):.4f} {side} {bound}")
+
+
+def _events(events: list[dict[str, Any]]) -> RenderableType:
+    """The events counted by severity, then the first MAX_EVENTS of them."""
+    if not events:
+        return Text("none", style="green")
+    counts = Counter(event["severity"] for event in events)
+    ordered = [name for name in SEVERITIES if name in counts]
+    ordered += sorted(set(counts) - set(SEVERITIES))
+    counted = ", ".join(_severity_count(counts[name], name) for name in ordered)
+    lines: list[RenderableType] = [Text(counted)]
+    listed = Table.grid(padding=(0, 1))
+    listed.add_column(justify="right", style="dim", no_wrap=True)
+    listed.add_column(no_wrap=True)
+    listed.add_column()
+    for event in events[:MAX_EVENTS]:
+        severity = event["severity"]
+        style = SEVERITY_STYLE[Severity.parse(severity)] if severity in SEVERITIES else ""
+        message = Text(event["rule"], style="bold")
+        message.append(f"  {event['message']}", style="default")
+        listed.add_row(f"step {event['step']}", Text(f" {severity.upper()} ", style=style), message)
+    lines.append(listed)
+    if len(events) > MAX_EVENTS:
+        lines.append(Text(f"and {len(events) - MAX_EVENTS} more in events.jsonl", style="dim"))
+    return Group(*lines)
+
+
+def _severity_count(count: int, severity: str) -> str:
+    """`2 critical`, `3 warnings`, `1 info`: in the summary line's words."""
+    return f"{count} {severity}" if severity in ("critical", "info") else _plural(count, severity)

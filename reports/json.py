@@ -13,18 +13,18 @@ from quad_doctor.trainer.rundir import write_text_atomic
 
 def render(report: Report, path: str | Path | None = None) -> str:
     """The report as indented JSON; also written to `path` (atomically) when one is given."""
-    text = json.dumps(_finite(report.to_dict()), indent=2, allow_nan=False) + "\n"
+    text = json.dumps(finite(report.to_dict()), indent=2, allow_nan=False) + "\n"
     if path is not None:
         write_text_atomic(path, text)
     return text
 
 
-def _finite(value: Any) -> Any:
+def finite(value: Any) -> Any:
     """NaN and infinities as null: JSON has no spelling for them."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
-        return {key: _finite(item) for key, item in value.items()}
+        return {key: finite(item) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_finite(item) for item in value]
+        return [finite(item) for item in value]
     return value

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import torch
+    from rich.console import RenderableType
 
     from quad_doctor.trainer.dataset import Batch
     from quad_doctor.trainer.loop import Trainer
@@ -50,6 +51,10 @@ class Callback:
 
     def on_train_epoch_end(self, trainer: Trainer, epoch: int, metrics: dict[str, Any]) -> None:
         """Called when the train epoch ends, after its metrics row is written."""
+
+    def progress_status(self, trainer: Trainer) -> RenderableType | None:
+        """A line to show under the progress bar while training, or None for nothing."""
+        return None
 
     def state_dict(self) -> dict[str, Any]:
         """State to save in checkpoints so that it survives a resume."""

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from rich.console import Console
+from rich.console import Console, RenderableType
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from quad_doctor.trainer.build import (
@@ -80,7 +81,11 @@ class Trainer:
         self.schedule = build_schedule(config, len(self.sampler))
         self.loss_fn = build_loss(config)
         self.state = TrainState()
-        self.should_stop = False  # a callback sets this to end training after the current step
+        # A callback sets these to end training: in `on_after_backward` the step is not applied,
+        # later in the step it is; either way the state is saved to `stopped_checkpoint`.
+        self.should_stop = False
+        self.stop_reason = ""
+        self.stopped_checkpoint: Path | None = None
         self.run_dir: Path | None = None
 
     # -- run directory ---------------------------------------------------------------------------
@@ -148,6 +153,9 @@ class Trainer:
         try:
             with self._progress() as progress:
                 self._train(metrics, progress)
+            if self.should_stop:
+                # saved at the exact position, so `--resume` continues from the step it stopped at
+                self.stopped_checkpoint = self.save("last")
         except KeyboardInterrupt:
             raise TrainingInterrupted(self.save("last")) from None
         finally:
@@ -196,6 +204,8 @@ class Trainer:
                 output.loss.backward()
                 for cb in self.callbacks:
                     cb.on_after_backward(self, batch, output, step)
+                if self.should_stop:
+                    break  # a callback saw this step go wrong: it is not applied
                 # 5. optimizer step
                 self.optimizer.step()
                 # 6. bookkeeping, then the callbacks see the finished step
@@ -271,7 +281,8 @@ class Trainer:
         return self.schedule.lr_at(step)
 
     def _progress(self) -> Progress:
-        return Progress(
+        return _StatusProgress(
+            self._statuses,
             TextColumn("epoch {task.fields[epoch]}"),
             BarColumn(),
             MofNCompleteColumn(),
@@ -282,3 +293,19 @@ class Trainer:
             console=self.console,
             disable=not self.show_progress,
         )
+
+    def _statuses(self) -> list[RenderableType]:
+        statuses = (cb.progress_status(self) for cb in self.callbacks)
+        return [status for status in statuses if status is not None]
+
+
+class _StatusProgress(Progress):
+    """A progress bar with the callbacks' status lines (the live doctor's) under it."""
+
+    def __init__(self, statuses: Callable[[], list[RenderableType]], *columns, **options) -> None:
+        self._status_lines = statuses  # before super(): it renders once while building
+        super().__init__(*columns, **options)
+
+    def get_renderables(self) -> Iterator[RenderableType]:
+        yield self.make_tasks_table(self.tasks)
+        yield from self._status_lines()
