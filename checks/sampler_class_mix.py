@@ -81,7 +81,7 @@ def class_mix_finding(
     single_class_share = float(np.mean(classes_per_batch == 1))
     no_positive_share = float(np.mean(positives == 0))
     collapse = supcon_collapse_value(train.batch_size)
-    verdict = _verdict(single_class_share, no_positive_share, train.batch_size, collapse)
+    verdict = class_mix_verdict(single_class_share, no_positive_share, train.batch_size, collapse)
     if verdict is None:
         return None
     severity, title = verdict
@@ -114,9 +114,10 @@ def class_mix_finding(
     )
 
 
-def _verdict(
+def class_mix_verdict(
     single_class_share: float, no_positive_share: float, batch_size: int, collapse: float
 ) -> tuple[Severity, str] | None:
+    """Severity and title for these shares of single-class batches and positive-less anchors."""
     if single_class_share > SINGLE_CLASS_CRITICAL:
         return Severity.CRITICAL, (
             f"{single_class_share:.0%} of batches hold a single class: SupCon cannot go "

@@ -22,13 +22,10 @@ from quad_doctor.checks.gradient_flow import (
     VANISHING_RELATIVE,
 )
 from quad_doctor.checks.loss_bounds import NO_ROOM_CRITICAL, loss_bounds_finding
-from quad_doctor.checks.sampler_class_mix import (
-    NO_POSITIVE_WARNING,
-    SINGLE_CLASS_CRITICAL,
-    class_mix_finding,
-)
+from quad_doctor.checks.sampler_class_mix import class_mix_finding, class_mix_verdict
 from quad_doctor.findings import Finding, Severity
 from quad_doctor.trainer.config import Config
+from quad_doctor.trainer.losses import supcon_collapse_value
 
 # Batches the class-mix and loss-bounds rules judge together: the last 50, or fewer when an
 # epoch is shorter. They speak once 8 batches are in: a single-class batch is impossible for the
@@ -42,6 +39,7 @@ MIX_MIN_STEPS = 8
 PINNED_WINDOW = 20
 PINNED_TOLERANCE = 1e-3
 PINNED_SPREAD = 2.5e-3
+PINNED_NEAR = 0.02
 # The batch floor must lie this far below ln(B-1) for "at the floor" to be a different finding.
 FLOOR_BELOW_COLLAPSE = 0.05
 # An LR below w * 1e-4 (w: the typical weight size) cannot move the weights visibly in 100 steps:
@@ -69,6 +67,7 @@ GRADIENT_STREAK = 3
 PLATEAU_WINDOW = 100
 PLATEAU_T = -2.0
 PLATEAU_PROGRESS = 0.25
+PLATEAU_EVERY = 10  # a line fit over 100 points costs ~0.1 ms: not every step
 # Sample ids and per-module numbers shown in the evidence.
 SHOWN_IDS = 16
 DIGITS = 3
@@ -174,15 +173,23 @@ class ClassMixRule(BatchWindowRule):
     def __init__(self, facts: RunFacts) -> None:
         super().__init__(facts)
         self.first_step: deque[int] = deque(maxlen=self.window)
-        self.single: deque[bool] = deque(maxlen=self.window)
-        self.anchors: deque[tuple[int, int]] = deque(maxlen=self.window)  # (no positive, all)
+        # per batch: (single class, anchors without a positive, anchors), and their running sums
+        self.counts: deque[tuple[int, int, int]] = deque(maxlen=self.window)
+        self.sums = np.zeros(3, dtype=np.int64)
 
     def after_update(self, record: StepRecord) -> list[Finding]:
+        if len(self.counts) == self.window:
+            self.sums -= self.counts[0]
+        counts = (
+            int(record.classes == 1),
+            int(np.count_nonzero(record.positives == 0)),
+            len(record.positives),
+        )
+        self.counts.append(counts)
+        self.sums += counts
         self.batches.append(record.labels)
         self.first_step.append(record.step)
-        self.single.append(record.classes == 1)
-        self.anchors.append((int((record.positives == 0).sum()), len(record.positives)))
-        if len(self.batches) < self.min_steps or not self._may_fire():
+        if len(self.batches) < self.min_steps or not self._worse_than_before():
             return []
         finding = class_mix_finding(
             list(self.batches),
@@ -192,11 +199,17 @@ class ClassMixRule(BatchWindowRule):
         )
         return self.worse(finding)
 
-    def _may_fire(self) -> bool:
+    def _worse_than_before(self) -> bool:
         """The cheap test run every step; the full finding is built only when it passes."""
-        without = sum(a for a, _ in self.anchors) / max(1, sum(n for _, n in self.anchors))
-        single = sum(self.single) / len(self.single)
-        return single > SINGLE_CLASS_CRITICAL or without > NO_POSITIVE_WARNING
+        single, without, anchors = self.sums
+        batch_size = self.facts.config.train.batch_size
+        verdict = class_mix_verdict(
+            single / len(self.counts),
+            without / max(1, anchors),
+            batch_size,
+            supcon_collapse_value(batch_size),
+        )
+        return verdict is not None and (self.worst is None or verdict[0] > self.worst)
 
 
 class LossBoundsRule(BatchWindowRule):
@@ -208,13 +221,19 @@ class LossBoundsRule(BatchWindowRule):
     def __init__(self, facts: RunFacts) -> None:
         super().__init__(facts)
         self.stuck: deque[bool] = deque(maxlen=self.window)
+        self.stuck_count = 0
 
     def after_update(self, record: StepRecord) -> list[Finding]:
         self.batches.append(record.labels)
         room = record.collapse - record.floor
+        if len(self.stuck) == self.window:
+            self.stuck_count -= self.stuck[0]
         self.stuck.append(not room >= NO_ROOM_CRITICAL)  # NaN floor: no positives, no room
-        if len(self.batches) < self.min_steps or sum(self.stuck) / len(self.stuck) <= 0.5:
+        self.stuck_count += self.stuck[-1]
+        if len(self.batches) < self.min_steps or self.stuck_count / len(self.stuck) <= 0.5:
             return []
+        if self.worst is Severity.CRITICAL:
+            return []  # nothing worse to report
         finding = loss_bounds_finding(
             list(self.batches), self.facts.config.train.batch_size, loss_now=_sig(record.loss)
         )
@@ -507,10 +526,15 @@ class LossPinnedRule(Rule):
         super().__init__(facts)
         self.window: deque[StepRecord] = deque(maxlen=PINNED_WINDOW)
         self.signals_fired: set[str] = set()
+        self.near = 0  # steps in a row with the loss near ln(B-1) or the batch floor
 
     def after_update(self, record: StepRecord) -> list[Finding]:
         self.window.append(record)
-        if len(self.window) < PINNED_WINDOW:
+        # A loss this far off cannot sit in a window with sd < PINNED_SPREAD: 20 values with one
+        # at distance d from their mean have sd >= 0.22 d. Skips the statistics on healthy steps.
+        near = min(abs(record.loss - record.collapse), abs(record.loss - record.floor))
+        self.near = self.near + 1 if near < PINNED_NEAR else 0
+        if self.near < PINNED_WINDOW:
             return []
         if min(r.lr for r in self.window) < self.facts.negligible_lr:
             return []  # too small an LR explains a still loss; the plateau rule says so
@@ -589,7 +613,7 @@ class PlateauRule(Rule):
         self.window.append(record.loss)
         self.lrs.append(record.lr)
         self.floors.append(record.floor)
-        if self.fired or len(self.window) < PLATEAU_WINDOW:
+        if self.fired or len(self.window) < PLATEAU_WINDOW or record.step % PLATEAU_EVERY:
             return []
         losses = np.array(self.window)
         x = np.arange(len(losses), dtype=float)
