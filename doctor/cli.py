@@ -7,6 +7,7 @@ or usage (one line on stderr, no traceback unless `--debug`), 130 interrupted.
 from __future__ import annotations
 
 import enum
+import inspect
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -25,6 +26,7 @@ from quad_doctor.engine import diagnose as run_diagnosis
 from quad_doctor.engine import verify as verify_remedy
 from quad_doctor.findings import Report, Severity
 from quad_doctor.live import LiveDoctor
+from quad_doctor.live_rules import live_only_rule
 from quad_doctor.lr_range import DEFAULT_ITERS
 from quad_doctor.reports import console as console_report
 from quad_doctor.reports import json as json_report
@@ -283,6 +285,11 @@ def explain(
     """Print one check's documentation: what it checks, why it matters, an example, the fix."""
 
     def action() -> None:
+        rule = live_only_rule(name)
+        if rule is not None:
+            console.print(f"{rule.name}  (live rule of quad-doctor train)", style="bold")
+            console.print(inspect.cleandoc(rule.__doc__ or ""), markup=False, highlight=False)
+            return
         check = find_check(name)
         console.print(f"{check.name}  (phase {check.phase}, order {check.order})", style="bold")
         console.print(check.doc(), markup=False, highlight=False)

@@ -127,7 +127,11 @@ class StepRecord:
 
 
 class Rule:
-    """One live rule: watches the steps and returns the findings it makes now."""
+    """One live rule: watches the steps and returns the findings it makes now.
+
+    Rules named after a pre-flight check share its manual; the others' docstrings are theirs
+    (What it checks / Why it matters / Example / Fix), as `quad-doctor explain NAME` prints.
+    """
 
     name: ClassVar[str]  # the check slug its findings carry
     order: ClassVar[int]  # causal position, among the pre-flight checks' orders
@@ -270,7 +274,22 @@ class AppliedLRRule(Rule):
 
 
 class NonFiniteRule(Rule):
-    """NaN/Inf in the loss or the gradients, caught before the optimizer applies the step."""
+    """NaN/Inf in the loss or the gradients, caught before the optimizer applies the step.
+
+    What it checks:
+        Every step's loss, and every measured step's gradient norms, for NaN or Inf; when one
+        shows up, which samples of the batch hold NaN/Inf inputs.
+
+    Why it matters:
+        One update on a NaN loss makes the weights NaN for good; every later step is wasted.
+
+    Example:
+        `--set data.synthetic.nan_fraction=0.01 --stop-on critical`: stopped at step 0 before
+        the update, with the sensor sample named.
+
+    Fix:
+        Repair the samples named (data-integrity), or lower the LR if the inputs were finite.
+    """
 
     name = "non-finite"
     order = 91
@@ -326,7 +345,24 @@ class NonFiniteRule(Rule):
 
 
 class DivergenceRule(Rule):
-    """The loss rising far above its best, or one update replacing a module's weights."""
+    """The loss rising far above its best, or one update replacing a module's weights.
+
+    What it checks:
+        On measured steps, how far the update moved each module: |dw|/|w|; every step, the
+        smoothed loss against the best it reached.
+
+    Why it matters:
+        A step that moves the weights by their own size throws away what they held. SupCon with
+        normalised embeddings is bounded, so a too-high LR collapses the model instead of
+        sending the loss to infinity: the weight ratio sees it at the step it happens.
+
+    Example:
+        `--set train.learning_rate=30 --set train.warmup_epochs=0`: step 0 moves the fusion by
+        745x its norm (critical); healthy steps move modules by < 0.01.
+
+    Fix:
+        Lower train.learning_rate (`quad-doctor lr-range-test` measures one) and warm up to it.
+    """
 
     name = "divergence"
     order = 90
@@ -482,7 +518,21 @@ class GradientRule(Rule):
 
 
 class EmbeddingCollapseRule(Rule):
-    """The spread of the normalised features across the batch going to zero."""
+    """The spread of the normalised features across the batch going to zero.
+
+    What it checks:
+        1 - |mean of the normalised features|^2 over each batch (0 when every sample maps to the
+        same point), below 0.005 for 5 steps in a row.
+
+    Why it matters:
+        Collapsed embeddings give every anchor the loss ln(B-1) and separate nothing.
+
+    Example:
+        lr 30 without warm-up: spread 0.0009 from step 1; untrained 0.067, healthy >= 0.043.
+
+    Fix:
+        Fix the cause above it (single-class batches, an LR that replaced the weights).
+    """
 
     name = "embedding-collapse"
     order = 92
@@ -517,7 +567,22 @@ class EmbeddingCollapseRule(Rule):
 
 
 class LossPinnedRule(Rule):
-    """The loss sitting at ln(B-1), or at its batches' floor, while the LR is not negligible."""
+    """The loss sitting at ln(B-1), or at its batches' floor, while the LR is not negligible.
+
+    What it checks:
+        The last 20 losses: mean within 0.001 of ln(B-1) with a standard deviation under 0.0025,
+        at learning rates that can move the weights (above w * 1e-4, w the typical weight size).
+
+    Why it matters:
+        ln(B-1) is the loss of collapsed embeddings and the floor of single-class batches: the
+        original failure sat at 3.4340 = ln(31) for days at every learning rate.
+
+    Example:
+        `--set train.sampler=sequential`: pinned at 3.4350 over steps 21-40.
+
+    Fix:
+        Mix classes in every batch (sampler-class-mix); no learning rate moves a loss at its floor.
+    """
 
     name = "loss-pinned"
     order = 93
@@ -591,7 +656,23 @@ class LossPinnedRule(Rule):
 
 
 class PlateauRule(Rule):
-    """No downward trend over a window after warm-up, with the loss still near where it started."""
+    """No downward trend over a window after warm-up, with the loss still near where it started.
+
+    What it checks:
+        A line fitted to the last 100 losses after warm-up: a slope not significantly below zero
+        (t > -2) while the loss has gone less than a quarter of the way from its start to the
+        batches' floor.
+
+    Why it matters:
+        Training that does not move wastes the whole run; a run that has converged is not flagged.
+
+    Example:
+        `--set train.learning_rate=1e-10 --set train.warmup_epochs=0`: flat for 100 steps at an
+        LR below what moves the weights.
+
+    Fix:
+        Raise the LR if it is negligible (`quad-doctor lr-range-test`); else see the findings above.
+    """
 
     name = "plateau"
     order = 94
@@ -659,6 +740,11 @@ class PlateauRule(Rule):
         ]
 
 
+def live_only_rule(name: str) -> type[Rule] | None:
+    """The live rule called `name` that has no pre-flight check of its own, if there is one."""
+    return next((rule for rule in LIVE_ONLY if rule.name == name), None)
+
+
 LIVE_RULES: tuple[type[Rule], ...] = (
     ClassMixRule,
     LossBoundsRule,
@@ -670,3 +756,5 @@ LIVE_RULES: tuple[type[Rule], ...] = (
     LossPinnedRule,
     PlateauRule,
 )
+# The rules with no pre-flight check of the same name: their docstrings are their manuals.
+LIVE_ONLY = (DivergenceRule, NonFiniteRule, EmbeddingCollapseRule, LossPinnedRule, PlateauRule)
