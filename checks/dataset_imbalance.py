@@ -50,6 +50,11 @@ class DatasetImbalance(Check):
             split: np.bincount(manifest.labels[manifest.splits == split], minlength=len(classes))
             for split in ("train", "val")
         }
+        # for the report's pictures
+        ctx.published["class_counts"] = {
+            "classes": list(classes),
+            **{split: c.tolist() for split, c in counts.items()},
+        }
         train = counts["train"]
         total = int(train.sum())
         majority = int(train.argmax())

@@ -198,6 +198,8 @@ class GradientFlow(Check):
         with isolated_rng(ctx.config.train.seed, ctx.device):
             probe = self._probe(ctx)
             overfit = self._overfit(ctx)
+        # for the report's pictures: the largest gradient norm of each module over the probe
+        ctx.published["gradient_norms"] = {m: _sig(v) for m, v in probe.grad_norm.items()}
         yield from self._findings(ctx, probe, overfit)
 
     # -- measurement -----------------------------------------------------------------------------

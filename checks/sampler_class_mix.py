@@ -19,6 +19,8 @@ NO_POSITIVE_ERROR = 0.25
 NO_POSITIVE_WARNING = 0.05
 # How many leading batches to show label counts for, as the original debugging session did.
 SHOWN_BATCHES = 3
+# How many leading batches the HTML report draws as stacked label counts.
+PICTURED_BATCHES = 24
 # What a sampler that leaves SupCon nothing to learn explains, before and during training.
 CRITICAL_EXPLAINS = ("loss-bounds", "lr-range-test", "embedding-collapse", "loss-pinned", "plateau")
 
@@ -60,9 +62,17 @@ class SamplerClassMix(Check):
     def run(self, ctx: DiagnosisContext) -> Iterator[Finding]:
         labels = ctx.manifest.labels
         classes = int(np.count_nonzero(np.bincount(labels[ctx.train_rows])))
-        finding = class_mix_finding(
-            [labels[rows] for rows in ctx.epoch_batches()], ctx.config, classes
-        )
+        batches = [labels[rows] for rows in ctx.epoch_batches()]
+        # for the report's pictures: classes per batch over the epoch, the first batches' mix
+        width = len(ctx.manifest.class_names)
+        ctx.published["sampler_batches"] = {
+            "sampler": ctx.config.train.sampler,
+            "classes_per_batch": [len(np.unique(b)) for b in batches],
+            "first_batches": [
+                np.bincount(b, minlength=width).tolist() for b in batches[:PICTURED_BATCHES]
+            ],
+        }
+        finding = class_mix_finding(batches, ctx.config, classes)
         if finding is not None:
             yield finding
 

@@ -146,6 +146,10 @@ def diagnose(
     json_path: Annotated[
         Path | None, typer.Option("--json", help="Also write the JSON report here.")
     ] = None,
+    html_path: Annotated[
+        Path | None,
+        typer.Option("--html", help="Also write the report as one self-contained HTML page here."),
+    ] = None,
     only: ChecksOption = None,
     skip: ChecksOption = None,
     fail_on: Annotated[
@@ -164,10 +168,12 @@ def diagnose(
         console_report.render(report, console)
         if json_path is not None:
             json_report.render(report, json_path)
+        if html_path is not None:
+            _write_html(report, html_path)
         target = new_run_dir(run_dir)
         save_config(resolved, target / "config.toml")
         json_report.render(report, target / "report.json")
-        written = [str(json_path)] if json_path is not None else []
+        written = [str(p) for p in (json_path, html_path) if p is not None]
         written.append(str(target / "report.json"))
         console.print(f"report: {' and '.join(written)}", highlight=False, soft_wrap=True)
         return exit_code(report, fail_on)
@@ -305,19 +311,48 @@ def report(
     run_dir: Annotated[
         Path | None, typer.Option("--run-dir", help="Render this run directory's report.json.")
     ] = None,
+    html: Annotated[
+        bool, typer.Option("--html", help="Write one self-contained HTML page instead.")
+    ] = False,
+    output: Annotated[
+        Path | None,
+        typer.Option("-o", "--output", help="Where --html writes (default: beside the JSON)."),
+    ] = None,
     fail_on: Annotated[
         FailOn, typer.Option("--fail-on", help="Exit 1 on findings at or above this severity.")
     ] = FailOn.never,
     debug: DebugOption = False,
 ) -> None:
-    """Render a saved report.json: a diagnosis, an LR range test or a training run."""
+    """Render a saved report.json: a diagnosis, an LR range test or a training run.
+
+    In the console, or with --html as one HTML page that opens offline.
+    """
 
     def action() -> int:
-        saved = _load_report(_report_path(from_path, run_dir))
-        console_report.render(saved, console, title="quad-doctor report")
+        if output is not None and not html:
+            raise UsageError("-o/--output: only with --html")
+        path = _report_path(from_path, run_dir)
+        saved = _load_report(path)
+        if html:
+            target = output or path.with_suffix(".html")
+            _write_html(saved, target)
+            console.print(f"report: {target}", highlight=False, soft_wrap=True)
+        else:
+            console_report.render(saved, console, title="quad-doctor report")
         return exit_code(saved, fail_on)
 
     raise typer.Exit(_guarded(debug, action))
+
+
+def _write_html(report: Report, path: Path) -> None:
+    """The HTML page for `report` at `path`; an unwritable path is a one-line error."""
+    # jinja2 and matplotlib cost ~0.5 s to import: only the commands that draw pay it
+    from quad_doctor.reports import html as html_report
+
+    try:
+        html_report.render(report, path)
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot write the HTML report: {exc.strerror}") from None
 
 
 def _report_path(from_path: Path | None, run_dir: Path | None) -> Path:
@@ -400,6 +435,7 @@ def train(
         last = rows[-1]
         if doctor is not None:
             report = doctor.report()
+            _write_html(report, target / "report.html")
             if report.findings:
                 console.print()
                 for ranked in report.findings:
@@ -416,7 +452,7 @@ def train(
         console.print(
             f"done: {len(rows) - 1} epochs, val_accuracy {last['val_accuracy']:.3f}, "
             f"metrics in {target / 'metrics.jsonl'}"
-            + ("" if doctor is None else f", report in {target / 'report.json'}"),
+            + ("" if doctor is None else f", report in {target / 'report.json'} and .html"),
             highlight=False,
             soft_wrap=True,
         )

@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib.metadata
+import platform
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
+
+import numpy as np
+import torch
 
 from quad_doctor.checks import ALL_CHECKS, Check
 from quad_doctor.checks.base import SkipCheck
@@ -138,6 +143,7 @@ def diagnose(
         context=describe(ctx),
         duration_s=time.perf_counter() - started,
         lr_range_test=ctx.published.get("lr_range_test"),
+        measurements={k: v for k, v in ctx.published.items() if k != "lr_range_test"},
     )
 
 
@@ -157,6 +163,22 @@ def lr_range_report(report: Report) -> Report:
     )
 
 
+def environment(device: object) -> dict[str, str]:
+    """Versions and device, for the report's reader to reproduce the run."""
+    try:
+        version = importlib.metadata.version("quad-doctor")
+    except importlib.metadata.PackageNotFoundError:
+        version = "unknown"
+    return {
+        "quad-doctor": version,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "platform": platform.platform(),
+        "device": str(device),
+    }
+
+
 def describe(ctx: DiagnosisContext) -> dict[str, object]:
     """What was diagnosed, for the report's header: config, dataset and device."""
     manifest = ctx.manifest
@@ -167,4 +189,5 @@ def describe(ctx: DiagnosisContext) -> dict[str, object]:
         "num_samples": len(manifest.labels),
         "classes": list(manifest.class_names),
         "device": str(ctx.device),
+        "environment": environment(ctx.device),
     }

@@ -182,6 +182,9 @@ class Report:
     lr_range_test: dict[str, Any] | None = None  # the LR range test's curve and verdict, if run
     # A training run's record from the live doctor (status, per-step series, metrics, events)
     training: dict[str, Any] | None = None
+    # What checks measured for the pictures: class counts per split, the sampler's batches,
+    # gradient norms per module (by name, each a JSON-able dict)
+    measurements: dict[str, Any] = field(default_factory=dict)
 
     def count(self, severity: Severity) -> int:
         """How many findings, explained ones included, have exactly this severity."""
@@ -205,6 +208,7 @@ class Report:
             "duration_s": round(self.duration_s, 3),
             "lr_range_test": self.lr_range_test,
             "training": self.training,
+            "measurements": self.measurements,
         }
 
     @classmethod
@@ -217,6 +221,7 @@ class Report:
         dict_or_null = (dict, type(None))
         optional = {"context": dict, "duration_s": float}
         optional |= {"lr_range_test": dict_or_null, "training": dict_or_null}
+        optional |= {"measurements": dict}
         _fields(data, "report", {"findings": list, "checks": list}, optional)
         if data.get("training") is not None:
             _fields(data["training"], "training", TRAINING_REQUIRED, TRAINING_OPTIONAL)
@@ -229,6 +234,7 @@ class Report:
             data.get("duration_s", 0.0),
             data.get("lr_range_test"),
             data.get("training"),
+            data.get("measurements", {}),
         )
 
 

@@ -27,6 +27,7 @@ from rich.text import Text
 from quad_doctor.checks import ALL_CHECKS
 from quad_doctor.checks.gradient_flow import module_of
 from quad_doctor.context import isolated_rng, weight_scale
+from quad_doctor.engine import environment
 from quad_doctor.findings import CheckRun, Finding, Report, Severity, Verification, rank_findings
 from quad_doctor.live_rules import LIVE_RULES, GradientSummary, Rule, RunFacts, StepRecord
 from quad_doctor.reports import json as json_report
@@ -417,6 +418,7 @@ class LiveDoctor(Callback):
             context=self._describe(trainer),
             duration_s=self.doctor_time,
             training=self._training(trainer),
+            measurements={"class_counts": self._class_counts(trainer)},
         )
 
     def write_report(self) -> Path:
@@ -437,6 +439,17 @@ class LiveDoctor(Callback):
                 self._verified[key] = self.verify(finding, self.trainer.config)
         return dataclasses.replace(finding, verification=self._verified[key])
 
+    @staticmethod
+    def _class_counts(trainer: Trainer) -> dict[str, Any]:
+        labels, classes = trainer.dataset.labels, trainer.dataset.class_names
+        return {
+            "classes": list(classes),
+            **{
+                split: np.bincount(labels[rows], minlength=len(classes)).tolist()
+                for split, rows in (("train", trainer.train_rows), ("val", trainer.val_rows))
+            },
+        }
+
     def _describe(self, trainer: Trainer) -> dict[str, Any]:
         dataset = trainer.dataset
         return {
@@ -446,6 +459,7 @@ class LiveDoctor(Callback):
             "num_samples": len(dataset),
             "classes": list(dataset.class_names),
             "device": str(trainer.device),
+            "environment": environment(trainer.device),
             **self.extra_context,
         }
 
