@@ -106,3 +106,11 @@ def test_train_writes_a_report_html_with_the_training_charts(tmp_path, small_ove
     training = json.loads((run_dir / "report.json").read_text())["training"]
     last = training["steps"]["loss"][-8:]
     assert all(abs(loss - training["collapse_value"]) < 0.02 for loss in last)
+
+
+def test_an_unwritable_html_path_is_one_line_and_exit_2(tmp_path, diagnosed):
+    _, data = diagnosed
+    (tmp_path / "r.json").write_text(json.dumps(data))
+    target = tmp_path / "r.json" / "page.html"  # under a file, not a directory
+    code, _, err = run("report", "--html", "--from", str(tmp_path / "r.json"), "-o", str(target))
+    assert code == 2 and err.count("\n") == 1 and str(target) in err and "Traceback" not in err
