@@ -31,7 +31,9 @@ from quad_doctor.lr_range import DEFAULT_ITERS
 from quad_doctor.reports import console as console_report
 from quad_doctor.reports import json as json_report
 from quad_doctor.trainer.config import Config, load_config, save_config
+from quad_doctor.trainer.distributed import World, close_world, init_world, launched_by_torchrun
 from quad_doctor.trainer.errors import QuadDoctorError, UsageError
+from quad_doctor.trainer.launch import launch_command, run_workers
 from quad_doctor.trainer.loop import Trainer, TrainingInterrupted
 from quad_doctor.trainer.rundir import latest_run_dir, new_run_dir
 from quad_doctor.trainer.synthetic import write_dataset
@@ -405,12 +407,29 @@ def train(
             help="Save a checkpoint and stop at the first live finding at or above this severity.",
         ),
     ] = FailOn.never,
+    nproc_per_node: Annotated[
+        int | None,
+        typer.Option(
+            "--nproc-per-node",
+            min=1,
+            help="Processes on this machine (DDP under torchrun; sets dist.nproc_per_node).",
+        ),
+    ] = None,
+    nnodes: Annotated[
+        int, typer.Option("--nnodes", min=1, help="Machines (multi-node; with --rdzv-endpoint).")
+    ] = 1,
+    rdzv_endpoint: Annotated[
+        str | None,
+        typer.Option("--rdzv-endpoint", help="HOST:PORT every node meets at (multi-node)."),
+    ] = None,
     debug: DebugOption = False,
 ) -> None:
     """Train the quadmodal model with the live doctor watching every step.
 
     Writes config, metrics, checkpoints, the doctor's events.jsonl and its live report.json to
-    the run directory. Exits 1 when the doctor stopped training (--stop-on).
+    the run directory. Exits 1 when the doctor stopped training (--stop-on). With
+    --nproc-per-node N > 1 it starts N processes under torchrun (DDP; batch size per process);
+    started by torchrun itself, it runs as one of them.
     """
 
     def action() -> int:
@@ -421,44 +440,100 @@ def train(
                 raise UsageError(
                     f"--resume: no checkpoint to resume in {directory or 'runs/latest'}"
                 )
-        resolved = _config(config if config or not resume else directory / "config.toml", set_)
-        doctor = None
-        if not no_doctor:
-            stop = None if stop_on is FailOn.never else Severity.parse(stop_on.value)
-            source = {"config_source": _source(config, set_)}
-            doctor = LiveDoctor(stop_on=stop, context=source, verify=verify_remedy)
-        with console.status("preparing data and model"):
-            trainer = Trainer(resolved, callbacks=[doctor] if doctor else [], console=console)
-        target = directory if resume else new_run_dir(directory)
-        console.print(f"run directory: {target}")
-        rows = trainer.fit(target, resume=resume)
-        last = rows[-1]
-        if doctor is not None:
-            report = doctor.report()
-            _write_html(report, target / "report.html")
-            if report.findings:
-                console.print()
-                for ranked in report.findings:
-                    console.print(console_report.ranked_block(ranked))
-            console.print(console_report.summary_line(report))
-        if trainer.should_stop:
-            console.print(
-                f"stopped: {trainer.stop_reason}\ncheckpoint: {trainer.stopped_checkpoint} "
-                "(continue with --resume)",
-                highlight=False,
-                soft_wrap=True,
+        overrides = list(set_ or [])
+        if nproc_per_node is not None:
+            overrides.append(f"dist.nproc_per_node={nproc_per_node}")
+        resolved = _config(config if config or not resume else directory / "config.toml", overrides)
+        multi_node = nnodes > 1 or rdzv_endpoint is not None
+        if not launched_by_torchrun() and (resolved.dist.nproc_per_node > 1 or multi_node):
+            target = directory if resume else new_run_dir(directory)
+            command = launch_command(resolved, nnodes, rdzv_endpoint)
+            command += _worker_args(config, overrides, target, resume, no_doctor, stop_on, debug)
+            console.print(f"run directory: {target}", highlight=False)
+            return run_workers(command, resolved.dist.nproc_per_node)
+        world = init_world(resolved.train.device)
+        try:
+            return _train_process(
+                resolved, world, directory, resume, no_doctor, stop_on, config, set_
             )
-            return 1
+        finally:
+            close_world(world)
+
+    raise typer.Exit(_guarded(debug, action))
+
+
+def _worker_args(
+    config: Path | None,
+    overrides: list[str],
+    target: Path,
+    resume: bool,
+    no_doctor: bool,
+    stop_on: FailOn,
+    debug: bool,
+) -> list[str]:
+    """The `train` arguments each torchrun worker gets: the same run, one fixed run directory."""
+    args = ["train", "--run-dir", str(target), "--stop-on", stop_on.value]
+    if config is not None:
+        args += ["--config", str(config)]
+    for override in overrides:
+        args += ["--set", override]
+    args += [flag for flag, on in (("--resume", resume), ("--no-doctor", no_doctor)) if on]
+    return args + (["--debug"] if debug else [])
+
+
+def _train_process(
+    resolved: Config,
+    world: World,
+    directory: Path | None,
+    resume: bool,
+    no_doctor: bool,
+    stop_on: FailOn,
+    config: Path | None,
+    set_: list[str] | None,
+) -> int:
+    """Train in this process (the only one, or one rank of many); rank 0 speaks and writes."""
+    if not world.is_main:
+        console.quiet = True
+    doctor = None
+    if not no_doctor and world.is_main:
+        stop = None if stop_on is FailOn.never else Severity.parse(stop_on.value)
+        source = {"config_source": _source(config, set_)}
+        doctor = LiveDoctor(stop_on=stop, context=source, verify=verify_remedy)
+    with console.status("preparing data and model"):
+        trainer = Trainer(
+            resolved, callbacks=[doctor] if doctor else [], console=console, world=world
+        )
+    target = directory if resume else new_run_dir(directory)
+    if not world.distributed:
+        console.print(f"run directory: {target}")
+    rows = trainer.fit(target, resume=resume)
+    if not world.is_main:
+        return 0
+    last = rows[-1]
+    if doctor is not None:
+        report = doctor.report()
+        _write_html(report, target / "report.html")
+        if report.findings:
+            console.print()
+            for ranked in report.findings:
+                console.print(console_report.ranked_block(ranked))
+        console.print(console_report.summary_line(report))
+    if trainer.stopped_checkpoint is not None:
         console.print(
-            f"done: {len(rows) - 1} epochs, val_accuracy {last['val_accuracy']:.3f}, "
-            f"metrics in {target / 'metrics.jsonl'}"
-            + ("" if doctor is None else f", report in {target / 'report.json'} and .html"),
+            f"stopped: {trainer.stop_reason}\ncheckpoint: {trainer.stopped_checkpoint} "
+            "(continue with --resume)",
             highlight=False,
             soft_wrap=True,
         )
-        return 0
-
-    raise typer.Exit(_guarded(debug, action))
+        return 1
+    console.print(
+        f"done: {len(rows) - 1} epochs, val_accuracy {last['val_accuracy']:.3f}, "
+        f"metrics in {target / 'metrics.jsonl'}"
+        + ("" if doctor is None else f", report in {target / 'report.json'} and .html"),
+        highlight=False,
+        soft_wrap=True,
+    )
+    return 0
 
 
 @app.command("make-dataset")
@@ -483,3 +558,7 @@ def make_dataset(
 def main() -> None:
     """Console-script entry point."""
     app()
+
+
+if __name__ == "__main__":  # how torchrun starts the workers: python -m quad_doctor.cli
+    main()

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from quad_doctor.trainer.dataset import QuadDataset
+from quad_doctor.trainer.distributed import World, gather_objects
 
 EVAL_BATCH_SIZE = 256
 
@@ -54,10 +55,25 @@ def validation_accuracy(
     train_rows: np.ndarray,
     val_rows: np.ndarray,
     device: torch.device,
+    world: World | None = None,
 ) -> float:
-    """Nearest-class-mean accuracy on the validation split, class means from the training split."""
-    train_embeddings = embed(model, dataset, train_rows, device)
-    val_embeddings = embed(model, dataset, val_rows, device)
+    """Nearest-class-mean accuracy on the validation split, class means from the training split.
+
+    Distributed, each rank embeds every world_size-th row and the embeddings are gathered, so
+    every rank gets the same accuracy for a share of the work.
+    """
+    world = world or World()
+    shards = []
+    for rows in (train_rows, val_rows):
+        mine = embed(model, dataset, rows[world.rank :: world.world_size], device)
+        parts = gather_objects(mine, world)
+        # rows[r::W] from every rank r, back in row order
+        width = next((part.shape[1] for part in parts if part.ndim == 2), 0)
+        merged = torch.empty(len(rows), width)
+        for rank, part in enumerate(parts):
+            if len(part):
+                merged[rank :: world.world_size] = part
+        shards.append(merged)
     return nearest_class_mean_accuracy(
-        train_embeddings, dataset.labels[train_rows], val_embeddings, dataset.labels[val_rows]
+        shards[0], dataset.labels[train_rows], shards[1], dataset.labels[val_rows]
     )

@@ -9,9 +9,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from rich.console import Console, RenderableType
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from torch.nn.parallel import DistributedDataParallel
 
 from quad_doctor.trainer.build import (
     autocast,
@@ -31,8 +33,16 @@ from quad_doctor.trainer.checkpoint import (
     set_rng_state,
 )
 from quad_doctor.trainer.config import Config, save_config
+from quad_doctor.trainer.distributed import (
+    World,
+    any_rank,
+    gather_features,
+    gather_step,
+    mean_over_ranks,
+)
 from quad_doctor.trainer.errors import UsageError
 from quad_doctor.trainer.evaluate import validation_accuracy
+from quad_doctor.trainer.losses import SupConOutput
 from quad_doctor.trainer.rundir import JsonLines
 
 
@@ -66,17 +76,31 @@ class Trainer:
         callbacks: list[Callback] | tuple[Callback, ...] = (),
         console: Console | None = None,
         show_progress: bool = True,
+        world: World | None = None,
     ) -> None:
         self.config = config
         self.callbacks = list(callbacks)
         self.console = console or Console()
-        self.show_progress = show_progress
+        self.world = world or World()
+        self.show_progress = show_progress and self.world.is_main
         self.device = resolve_device(config.train.device)
+        if self.device.type == "cuda" and self.world.distributed:
+            self.device = torch.device("cuda", self.world.local_rank)
         self.dataset = build_dataset(config)
         self.train_rows = self.dataset.split_indices("train")
         self.val_rows = self.dataset.split_indices("val")
-        self.sampler = build_sampler(config, self.dataset)
+        self.sampler = build_sampler(
+            config, self.dataset, rank=self.world.rank, world_size=self.world.world_size
+        )
         self.model = build_model(config, self.dataset).to(self.device)
+        # What runs forward: the model itself, or its DDP wrapper that averages gradients.
+        self.network: torch.nn.Module = self.model
+        if self.world.distributed:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.network = DistributedDataParallel(self.model, device_ids=ids)
+        # Every rank's batch labels and local loss at the current step (set when distributed).
+        self.rank_labels: list[np.ndarray] | None = None
+        self.rank_losses: list[float] | None = None
         self.optimizer = build_optimizer(config, self.model)
         self.schedule = build_schedule(config, len(self.sampler))
         self.loss_fn = build_loss(config)
@@ -84,6 +108,7 @@ class Trainer:
         # A callback sets these to end training: in `on_after_backward` the step is not applied,
         # later in the step it is; either way the state is saved to `stopped_checkpoint`.
         self.should_stop = False
+        self._agreed_stop = False  # distributed: some rank's callback asked to stop
         self.stop_reason = ""
         self.stopped_checkpoint: Path | None = None
         self.run_dir: Path | None = None
@@ -97,8 +122,10 @@ class Trainer:
         return self.run_dir / "checkpoints"
 
     def save(self, name: str = "last") -> Path:
-        """Save everything a resume needs to `checkpoints/<name>.pt`, atomically."""
+        """Save everything a resume needs to `checkpoints/<name>.pt`, atomically (rank 0 only)."""
         path = self.checkpoint_dir / f"{name}.pt"
+        if not self.world.is_main:
+            return path
         save_checkpoint(
             {
                 "model": self.model.state_dict(),
@@ -131,18 +158,20 @@ class Trainer:
     def fit(self, run_dir: str | Path, resume: bool = False) -> list[dict[str, Any]]:
         """Train for `train.num_epochs` epochs, writing metrics and checkpoints to `run_dir`."""
         self.run_dir = Path(run_dir)
-        metrics = JsonLines(self.run_dir / "metrics.jsonl")
+        metrics = _MainOnly(JsonLines(self.run_dir / "metrics.jsonl"), self.world)
         if resume:
             self._restore()
             # Rows written after the checkpoint are recomputed: keep only the finished epochs.
             metrics.keep(lambda row: row["epoch"] < self.state.epoch)
         else:
-            if (self.checkpoint_dir / "last.pt").exists() or metrics.path.exists():
+            taken = (self.checkpoint_dir / "last.pt").exists() or metrics.path.exists()
+            if taken and self.world.is_main:
                 raise UsageError(
                     f"{self.run_dir}: already holds a run; use --resume or another --run-dir"
                 )
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            save_config(self.config, self.run_dir / "config.toml")
+            if self.world.is_main:
+                self.run_dir.mkdir(parents=True, exist_ok=True)
+                save_config(self.config, self.run_dir / "config.toml")
             torch.manual_seed(self.config.train.seed)  # dropout and any other global draws
             untrained = self._validate()
             metrics.append(
@@ -153,7 +182,7 @@ class Trainer:
         try:
             with self._progress() as progress:
                 self._train(metrics, progress)
-            if self.should_stop:
+            if self._stopping():
                 # saved at the exact position, so `--resume` continues from the step it stopped at
                 self.stopped_checkpoint = self.save("last")
         except KeyboardInterrupt:
@@ -176,7 +205,7 @@ class Trainer:
             rate="-",
         )
         self.model.train()
-        while self.state.epoch <= config.num_epochs and not self.should_stop:
+        while self.state.epoch <= config.num_epochs and not self._stopping():
             epoch = self.state.epoch
             self.sampler.set_epoch(epoch)
             batches = self.sampler.epoch_batches()
@@ -184,7 +213,7 @@ class Trainer:
                 for cb in self.callbacks:
                     cb.on_train_epoch_start(self, epoch)
             epoch_started = time.perf_counter()
-            while self.state.position < len(batches) and not self.should_stop:
+            while self.state.position < len(batches) and not self._stopping():
                 step = self.state.global_step
                 started = time.perf_counter()
                 # 1. set the learning rate this step's schedule asks for
@@ -196,15 +225,16 @@ class Trainer:
                     cb.on_train_batch_start(self, batch, step)
                 # 2. forward: four encoders, fusion, normalised embeddings
                 with autocast(self.config, self.device):
-                    features = self.model(batch.video, batch.audio, batch.sensor, batch.text)
-                    # 3. loss: SupCon over the batch
-                    output = self.loss_fn(features, batch.labels)
+                    features = self.network(batch.video, batch.audio, batch.sensor, batch.text)
+                    # 3. loss: SupCon over the batch (over every rank's batch when gathering)
+                    output = self._loss(features, batch.labels)
                 # 4. backward
                 self.optimizer.zero_grad(set_to_none=True)
                 output.loss.backward()
                 for cb in self.callbacks:
                     cb.on_after_backward(self, batch, output, step)
-                if self.should_stop:
+                self._agreed_stop = any_rank(self.should_stop, self.world, self.device)
+                if self._agreed_stop:
                     break  # a callback saw this step go wrong: it is not applied
                 # 5. optimizer step
                 self.optimizer.step()
@@ -243,7 +273,9 @@ class Trainer:
         steps = max(1, self.state.epoch_steps)
         row = {
             "epoch": epoch,
-            "train_loss": self.state.epoch_loss_sum / steps,
+            "train_loss": mean_over_ranks(
+                self.state.epoch_loss_sum / steps, self.world, self.device
+            ),
             "val_accuracy": val_accuracy,
             "lr": self._lr(self.state.global_step - 1),
             "step_time_ms": 1000 * self.state.epoch_step_time_s / steps,
@@ -274,8 +306,22 @@ class Trainer:
 
     def _validate(self) -> float:
         return validation_accuracy(
-            self.model, self.dataset, self.train_rows, self.val_rows, self.device
+            self.model, self.dataset, self.train_rows, self.val_rows, self.device, self.world
         )
+
+    def _loss(self, features: torch.Tensor, labels: torch.Tensor) -> SupConOutput:
+        """SupCon on this rank's batch, or on every rank's with `dist.gather_features`."""
+        if not self.world.distributed:
+            return self.loss_fn(features, labels)
+        self.rank_labels, _, _ = gather_step(labels, torch.zeros(()), False, self.world)
+        if self.config.dist.gather_features:
+            everyone = torch.as_tensor(np.concatenate(self.rank_labels), device=labels.device)
+            return self.loss_fn(gather_features(features, self.world), everyone)
+        return self.loss_fn(features, labels)
+
+    def _stopping(self) -> bool:
+        """Whether to stop now: a callback asked, on any rank (agreed at the last step)."""
+        return self._agreed_stop if self.world.distributed else self.should_stop
 
     def _lr(self, step: int) -> float:
         return self.schedule.lr_at(step)
@@ -309,3 +355,23 @@ class _StatusProgress(Progress):
     def get_renderables(self) -> Iterator[RenderableType]:
         yield self.make_tasks_table(self.tasks)
         yield from self._status_lines()
+
+
+class _MainOnly:
+    """A metrics file that only rank 0 writes; every rank can read it."""
+
+    def __init__(self, lines: JsonLines, world: World) -> None:
+        self.lines = lines
+        self.path = lines.path
+        self.world = world
+
+    def append(self, row: dict[str, Any]) -> None:
+        if self.world.is_main:
+            self.lines.append(row)
+
+    def keep(self, predicate) -> None:
+        if self.world.is_main:
+            self.lines.keep(predicate)
+
+    def read(self) -> list[dict[str, Any]]:
+        return self.lines.read() if self.world.is_main else []
