@@ -62,14 +62,19 @@ class LossBounds(Check):
     order = 40
 
     def run(self, ctx: DiagnosisContext) -> Iterator[Finding]:
-        labels = ctx.manifest.labels
         batches = ctx.epoch_batches()
-        batch_labels = [labels[rows] for rows in batches]
+        batch_labels, ranks = ctx.contrast_batches()
         evidence: dict[str, object] = {}
         if any(np.isfinite(supcon_floor(b)) for b in batch_labels):
             untrained = self._untrained_loss(ctx, batches[:PROBE_BATCHES])
             evidence["untrained_loss"] = round(untrained, 4) if math.isfinite(untrained) else None
-        finding = loss_bounds_finding(batch_labels, ctx.config.train.batch_size, **evidence)
+        size = len(batch_labels[0])  # all ranks' batches together when SupCon gathers them
+        if ranks:
+            evidence |= {
+                "world_size": ranks["world_size"],
+                "gather_features": ranks["gather_features"],
+            }
+        finding = loss_bounds_finding(batch_labels, size, **evidence)
         if finding is not None:
             yield finding
 

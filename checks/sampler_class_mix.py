@@ -62,7 +62,7 @@ class SamplerClassMix(Check):
     def run(self, ctx: DiagnosisContext) -> Iterator[Finding]:
         labels = ctx.manifest.labels
         classes = int(np.count_nonzero(np.bincount(labels[ctx.train_rows])))
-        batches = [labels[rows] for rows in ctx.epoch_batches()]
+        batches, ranks = ctx.contrast_batches()
         # for the report's pictures: classes per batch over the epoch, the first batches' mix
         width = len(ctx.manifest.class_names)
         ctx.published["sampler_batches"] = {
@@ -72,7 +72,7 @@ class SamplerClassMix(Check):
                 np.bincount(b, minlength=width).tolist() for b in batches[:PICTURED_BATCHES]
             ],
         }
-        finding = class_mix_finding(batches, ctx.config, classes)
+        finding = class_mix_finding(batches, ctx.config, classes, **ranks)
         if finding is not None:
             yield finding
 
@@ -90,11 +90,16 @@ def class_mix_finding(
     positives = np.concatenate([np.bincount(b)[b] - 1 for b in batches])
     single_class_share = float(np.mean(classes_per_batch == 1))
     no_positive_share = float(np.mean(positives == 0))
-    collapse = supcon_collapse_value(train.batch_size)
-    verdict = class_mix_verdict(single_class_share, no_positive_share, train.batch_size, collapse)
+    size = len(batches[0])  # what SupCon contrasts: all ranks' batches when it gathers them
+    collapse = supcon_collapse_value(size)
+    verdict = class_mix_verdict(single_class_share, no_positive_share, size, collapse)
     if verdict is None:
         return None
     severity, title = verdict
+    ranks = evidence.get("ranks_with_single_class_batches")
+    if ranks and single_class_share > 0:
+        where = "gathered over all ranks" if evidence.get("gather_features") else "on each rank"
+        title = f"ranks {', '.join(map(str, ranks))}: {title} ({where})"
     patch, remedy = _remedy(config, num_classes)
     return Finding(
         check=SamplerClassMix.name,

@@ -444,6 +444,11 @@ def train(
         if nproc_per_node is not None:
             overrides.append(f"dist.nproc_per_node={nproc_per_node}")
         resolved = _config(config if config or not resume else directory / "config.toml", overrides)
+        if resume and resolved.to_dict() != load_config(directory / "config.toml").to_dict():
+            raise UsageError(
+                f"{directory / 'config.toml'}: the run was started with another config (or "
+                "another dist.nproc_per_node); resume with the same settings or use a new --run-dir"
+            )
         multi_node = nnodes > 1 or rdzv_endpoint is not None
         if not launched_by_torchrun() and (resolved.dist.nproc_per_node > 1 or multi_node):
             target = directory if resume else new_run_dir(directory)

@@ -62,6 +62,44 @@ def isolated_rng(seed: int, device: torch.device | None = None) -> Iterator[None
         np.random.set_state(numpy_state)
 
 
+def distributed_batches(
+    per_rank: list[list[np.ndarray]], gather: bool
+) -> tuple[list[np.ndarray], dict[str, Any]]:
+    """The batches SupCon sees when N ranks train, and what each rank's own batches look like.
+
+    `per_rank[r][s]` is rank r's labels at step s. With `gather`, step s's contrastive batch is
+    every rank's batch together; without, each rank's batch is one. One rank: its batches and no
+    evidence.
+    """
+    if len(per_rank) == 1:
+        return per_rank[0], {}
+    steps = [np.concatenate(step) for step in zip(*per_rank, strict=True)]
+    batches = steps if gather else [batch for rank in per_rank for batch in rank]
+    single, positive, lonely = [], [], []
+    for own in per_rank:
+        positives = np.concatenate([np.bincount(b)[b] - 1 for b in own])
+        single.append(round(float(np.mean([len(np.unique(b)) == 1 for b in own])), 4))
+        positive.append(round(float(positives.mean()), 3))
+        lonely.append(round(float(np.mean(positives == 0)), 4))
+    gathered = np.concatenate([np.bincount(b)[b] - 1 for b in steps])
+    evidence = {
+        "world_size": len(per_rank),
+        "gather_features": gather,
+        "ranks_with_single_class_batches": [r for r, share in enumerate(single) if share > 0],
+        "per_rank": [
+            f"rank {r}: {single[r]:.0%} single-class batches, {positive[r]:.1f} positives per "
+            f"anchor, {lonely[r]:.0%} anchors without one"
+            for r in range(len(per_rank))
+        ],
+        "per_rank_single_class_batch_fraction": single,
+        "per_rank_positives_per_anchor_mean": positive,
+        # positives per anchor with and without `dist.gather_features`
+        "positives_per_anchor_mean_local": round(float(np.mean(positive)), 3),
+        "positives_per_anchor_mean_gathered": round(float(gathered.mean()), 3),
+    }
+    return batches, evidence
+
+
 def weight_scale(model: torch.nn.Module) -> float | None:
     """The typical size of the trainable weights: median RMS of their weight tensors.
 
@@ -119,11 +157,30 @@ class DiagnosisContext:
         """Optimisation steps in one epoch, as the trainer's sampler yields them."""
         return len(self.sampler())
 
-    def epoch_batches(self, epoch: int = FIRST_EPOCH) -> list[np.ndarray]:
-        """The dataset rows of every batch the trainer's sampler yields in `epoch`."""
-        sampler = self.sampler()
+    def epoch_batches(
+        self, epoch: int = FIRST_EPOCH, rank: int = 0, world_size: int = 1
+    ) -> list[np.ndarray]:
+        """The dataset rows of every batch the trainer's sampler yields in `epoch` (to `rank` of
+        `world_size` processes)."""
+        sampler = self.sampler(rank=rank, world_size=world_size)
         sampler.set_epoch(epoch)
         return sampler.epoch_batches()
+
+    def contrast_batches(self, epoch: int = FIRST_EPOCH) -> tuple[list[np.ndarray], dict]:
+        """The label arrays SupCon is computed over in `epoch`, as training will form them.
+
+        One process: the sampler's batches. `dist.nproc_per_node` = N > 1: every rank's sampler
+        is simulated here, in one process; with `dist.gather_features` SupCon sees the N ranks'
+        batches of a step together, without it each rank's batch alone. Also returns the
+        per-rank evidence (see `distributed_batches`).
+        """
+        labels = self.manifest.labels
+        world_size = self.config.dist.nproc_per_node
+        per_rank = [
+            [labels[rows] for rows in self.epoch_batches(epoch, rank, world_size)]
+            for rank in range(world_size)
+        ]
+        return distributed_batches(per_rank, self.config.dist.gather_features)
 
     @cached_property
     def mixed_batch_rows(self) -> np.ndarray:

@@ -72,6 +72,7 @@ class _Step:
     labels: torch.Tensor
     indices: np.ndarray
     applied_lr: list[float]
+    rank_labels: list[np.ndarray] | None = None  # distributed: every rank's batch labels
     features: torch.Tensor | None = None
     update_ratio: dict[str, float] | None = None
     record: StepRecord | None = None  # built at once for measured and non-finite steps
@@ -173,6 +174,7 @@ class LiveDoctor(Callback):
             batch.labels,
             batch.indices,
             [group["lr"] for group in trainer.optimizer.param_groups],
+            trainer.rank_labels,
         )
         self._pending.append(step_data)
         measured = step < ALWAYS_MEASURED_STEPS or step % self.every == 0
@@ -221,6 +223,8 @@ class LiveDoctor(Callback):
 
     def _record(self, data: _Step) -> StepRecord:
         labels = data.labels.cpu().numpy()
+        if data.rank_labels is not None and self.facts.config.dist.gather_features:
+            labels = np.concatenate(data.rank_labels)  # what the loss was computed over
         counts = np.bincount(labels)
         positives = counts[labels] - 1
         has = positives[positives > 0]
@@ -236,6 +240,7 @@ class LiveDoctor(Callback):
             positives=positives,
             floor=float(np.log(has).mean()) if has.size else math.nan,
             collapse=supcon_collapse_value(len(labels)) if len(labels) > 1 else math.nan,
+            rank_labels=data.rank_labels,
         )
 
     def _flush(self) -> None:

@@ -23,6 +23,7 @@ from quad_doctor.checks.gradient_flow import (
 )
 from quad_doctor.checks.loss_bounds import NO_ROOM_CRITICAL, loss_bounds_finding
 from quad_doctor.checks.sampler_class_mix import class_mix_finding, class_mix_verdict
+from quad_doctor.context import distributed_batches
 from quad_doctor.findings import Finding, Severity
 from quad_doctor.trainer.config import Config
 from quad_doctor.trainer.losses import supcon_collapse_value
@@ -119,6 +120,7 @@ class StepRecord:
     positives: np.ndarray  # per anchor: other samples of its class in the batch
     floor: float  # SupCon's floor for the batch's labels (NaN with no positive pair)
     collapse: float  # ln(B-1) for the batch's size
+    rank_labels: list[np.ndarray] | None = None  # distributed: every rank's batch labels
     sample_ids: list[str] = field(default_factory=list)  # filled when the step goes non-finite
     non_finite_inputs: dict[str, list[str]] = field(default_factory=dict)  # modality -> ids
     gradients: GradientSummary | None = None
@@ -177,41 +179,54 @@ class ClassMixRule(BatchWindowRule):
     def __init__(self, facts: RunFacts) -> None:
         super().__init__(facts)
         self.first_step: deque[int] = deque(maxlen=self.window)
-        # per batch: (single class, anchors without a positive, anchors), and their running sums
-        self.counts: deque[tuple[int, int, int]] = deque(maxlen=self.window)
-        self.sums = np.zeros(3, dtype=np.int64)
+        # per step: (single-class batches, anchors without a positive, anchors, batches) over
+        # the batches SupCon saw (one; or one per rank when ranks do not gather), and the sums
+        self.counts: deque[tuple[int, int, int, int]] = deque(maxlen=self.window)
+        self.sums = np.zeros(4, dtype=np.int64)
+        self.rank_batches: deque[list[np.ndarray]] = deque(maxlen=self.window)
 
     def after_update(self, record: StepRecord) -> list[Finding]:
         if len(self.counts) == self.window:
             self.sums -= self.counts[0]
-        counts = (
-            int(record.classes == 1),
-            int(np.count_nonzero(record.positives == 0)),
-            len(record.positives),
-        )
+        if record.rank_labels is None or self.facts.config.dist.gather_features:
+            counts = (
+                int(record.classes == 1),
+                int(np.count_nonzero(record.positives == 0)),
+                len(record.positives),
+                1,
+            )
+        else:  # each rank's SupCon sees its own batch only
+            positives = [np.bincount(b)[b] - 1 for b in record.rank_labels]
+            counts = (
+                sum(int(np.count_nonzero(np.bincount(b)) == 1) for b in record.rank_labels),
+                sum(int(np.count_nonzero(p == 0)) for p in positives),
+                sum(len(p) for p in positives),
+                len(positives),
+            )
         self.counts.append(counts)
         self.sums += counts
         self.batches.append(record.labels)
+        self.rank_batches.append(record.rank_labels or [record.labels])
         self.first_step.append(record.step)
         if len(self.batches) < self.min_steps or not self._worse_than_before():
             return []
+        per_rank = [list(rank) for rank in zip(*self.rank_batches, strict=True)]
+        batches, ranks = distributed_batches(per_rank, self.facts.config.dist.gather_features)
         finding = class_mix_finding(
-            list(self.batches),
+            batches,
             self.facts.config,
             self.facts.num_classes,
             steps=f"{self.first_step[0]}-{record.step}",
+            **ranks,
         )
         return self.worse(finding)
 
     def _worse_than_before(self) -> bool:
         """The cheap test run every step; the full finding is built only when it passes."""
-        single, without, anchors = self.sums
-        batch_size = self.facts.config.train.batch_size
+        single, without, anchors, batches = self.sums
+        size = len(self.batches[-1])
         verdict = class_mix_verdict(
-            single / len(self.counts),
-            without / max(1, anchors),
-            batch_size,
-            supcon_collapse_value(batch_size),
+            single / max(1, batches), without / max(1, anchors), size, supcon_collapse_value(size)
         )
         return verdict is not None and (self.worst is None or verdict[0] > self.worst)
 
@@ -239,7 +254,7 @@ class LossBoundsRule(BatchWindowRule):
         if self.worst is Severity.CRITICAL:
             return []  # nothing worse to report
         finding = loss_bounds_finding(
-            list(self.batches), self.facts.config.train.batch_size, loss_now=_sig(record.loss)
+            list(self.batches), len(record.labels), loss_now=_sig(record.loss)
         )
         return self.worse(finding)
 

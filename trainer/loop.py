@@ -281,6 +281,7 @@ class Trainer:
             "step_time_ms": 1000 * self.state.epoch_step_time_s / steps,
             "samples_per_s": self.config.train.batch_size * steps / self.state.epoch_step_time_s,
             "steps": self.state.epoch_steps,
+            "epoch_time_s": wall_s,  # the epoch's training steps, without its validation
         }
         metrics.append(row)
         progress.console.print(
