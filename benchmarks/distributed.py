@@ -29,14 +29,14 @@ from rich.console import Console
 from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).parent))
-from live_overhead import BLOCK, Blocks, StepClock, doctor_on  # noqa: E402
+from live_overhead import BLOCK, Blocks, StepClock, block_ratios  # noqa: E402
 
 from quad_doctor.live import LiveDoctor  # noqa: E402
 from quad_doctor.trainer.config import load_config, patched_config  # noqa: E402
 from quad_doctor.trainer.distributed import close_world, init_world, launched_by_torchrun  # noqa: E402
 from quad_doctor.trainer.loop import Trainer  # noqa: E402
 
-OVERHEAD_EPOCHS = 4
+OVERHEAD_EPOCHS = 10
 
 
 def train_run(nproc: int, batch: int, seed: int, epochs: int) -> list[dict]:
@@ -70,22 +70,13 @@ def overhead_worker(out: Path) -> None:
     )
     trainer.fit(out.parent / "run")  # the same directory on every rank; rank 0 writes
     if world.is_main:
-        blocks: dict[int, list[float]] = {}
-        for step, seconds in clock.times.items():
-            blocks.setdefault(step // BLOCK, []).append(seconds)
-        ratios = [
-            statistics.fmean(blocks[b]) / statistics.fmean(blocks[b + 1])
-            for b in sorted(blocks)
-            if b % 2 == 0 and b + 1 in blocks
-        ]
-        on = [t for s, t in clock.times.items() if doctor_on(s)]
-        off = [t for s, t in clock.times.items() if not doctor_on(s)]
+        ratios, on_ms, off_ms = block_ratios(clock)
         out.write_text(
             json.dumps(
                 {
                     "ratios": ratios,
-                    "on_ms": 1000 * statistics.fmean(on),
-                    "off_ms": 1000 * statistics.fmean(off),
+                    "on_ms": on_ms,
+                    "off_ms": off_ms,
                     "own_ms": 1000 * doctor.doctor_time / max(1, doctor.steps_seen),
                 }
             )
@@ -107,14 +98,16 @@ def overhead_run() -> dict:
             str(out),
         ]
         env = dict(os.environ, OMP_NUM_THREADS="1")
-        subprocess.run(command, check=True, capture_output=True, env=env)
+        done = subprocess.run(command, capture_output=True, text=True, env=env)
+        if done.returncode:
+            raise SystemExit(f"the overhead run failed:\n{done.stderr[-3000:]}")
         return json.loads(out.read_text())
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=30)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--seeds", type=int, nargs="*", default=[0, 1])  # none: part 2 only
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--worker", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -148,7 +141,8 @@ def main() -> None:
                 f"{metrics[-1]['train_loss']:.4f}",
                 f"{metrics[-1]['val_accuracy']:.3f}",
             )
-    console.print(table)
+    if args.seeds:
+        console.print(table)
     overhead = Table(
         title=f"live doctor under 2 processes, on/off in blocks of {BLOCK} steps, "
         f"{OVERHEAD_EPOCHS} epochs per run"

@@ -94,6 +94,11 @@ def blocks_run(config) -> tuple[list[float], float, float, LiveDoctor]:
     step time to the next off block's, and the median step ms on and off."""
     clock, doctor = StepClock(), LiveDoctor()
     train(config, [Blocks(doctor), clock])
+    return (*block_ratios(clock), doctor)
+
+
+def block_ratios(clock: StepClock) -> tuple[list[float], float, float]:
+    """Each on block's mean step time over the next off block's, and the mean ms on and off."""
     blocks: dict[int, list[float]] = {}
     for step, seconds in clock.times.items():
         blocks.setdefault(step // BLOCK, []).append(seconds)
@@ -104,7 +109,7 @@ def blocks_run(config) -> tuple[list[float], float, float, LiveDoctor]:
     ]
     on = [t for step, t in clock.times.items() if doctor_on(step)]
     off = [t for step, t in clock.times.items() if not doctor_on(step)]
-    return ratios, 1000 * statistics.fmean(on), 1000 * statistics.fmean(off), doctor
+    return ratios, 1000 * statistics.fmean(on), 1000 * statistics.fmean(off)
 
 
 def whole_run(config, doctor: bool) -> float:

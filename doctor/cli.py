@@ -457,12 +457,10 @@ def train(
             console.print(f"run directory: {target}", highlight=False)
             return run_workers(command, resolved.dist.nproc_per_node)
         world = init_world(resolved.train.device)
-        try:
-            return _train_process(
-                resolved, world, directory, resume, no_doctor, stop_on, config, set_
-            )
-        finally:
-            close_world(world)
+        code = _train_process(resolved, world, directory, resume, no_doctor, stop_on, config, set_)
+        # not on an error: the other ranks may be waiting elsewhere, and torchrun stops them
+        close_world(world)
+        return code
 
     raise typer.Exit(_guarded(debug, action))
 

@@ -112,3 +112,19 @@ def test_gathered_features_hold_every_rank_and_keep_the_local_gradient(tmp_path)
         assert everyone == [[1.0] * 3] * 2 + [[2.0] * 3] * 2  # rank order, on both ranks
         # only this rank's rows carry gradient: rows 2r and 2r+1 of the weights 1..4
         assert grad == [[2.0 * rank + 1] * 3, [2.0 * rank + 2] * 3]
+
+
+def test_a_backend_this_machine_lacks_is_one_line(small_dataset):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    code, _, err = run(
+        "train",
+        "--set",
+        f'data.path="{small_dataset}"',
+        "--set",
+        'train.device="cuda"',
+        "--nproc-per-node",
+        "2",
+    )
+    assert code == 2
+    one_line_error(err, "train.device", "CUDA")
