@@ -37,7 +37,11 @@ class SamplerClassMix(Check):
     What it checks:
         Iterates the sampler the trainer will use (`train.sampler`, indices only; labels from
         the manifest) for a full epoch: classes per batch, the share of single-class batches,
-        positives per anchor, and anchors with no positive at all.
+        positives per anchor, and anchors with no positive at all. With `dist.nproc_per_node`
+        = N > 1 it simulates every rank's sampler in this one process and judges the batches
+        SupCon will see: all ranks' batches of a step together with `dist.gather_features`, each
+        rank's alone without; the evidence names the ranks with single-class batches and gives
+        positives per anchor with and without gathering.
 
     Why it matters:
         SupCon pulls an anchor towards its positives and away from the rest of the batch. In a

@@ -31,6 +31,7 @@ from quad_doctor.engine import environment
 from quad_doctor.findings import CheckRun, Finding, Report, Severity, Verification, rank_findings
 from quad_doctor.live_rules import LIVE_RULES, GradientSummary, Rule, RunFacts, StepRecord
 from quad_doctor.reports import json as json_report
+from quad_doctor.trainer.build import build_sampler
 from quad_doctor.trainer.callbacks import Callback
 from quad_doctor.trainer.losses import supcon_collapse_value
 from quad_doctor.trainer.rundir import JsonLines
@@ -178,13 +179,20 @@ class LiveDoctor(Callback):
         )
         self._pending.append(step_data)
         measured = step < ALWAYS_MEASURED_STEPS or step % self.every == 0
-        if measured or not math.isfinite(loss):
+        # each rank's own loss, or one loss over every rank's batch (`dist.gather_features`)
+        losses = trainer.rank_losses or [loss]
+        bad_ranks = [rank for rank, value in enumerate(losses) if not math.isfinite(value)]
+        suspects = bad_ranks if trainer.rank_losses else list(range(trainer.world.world_size))
+        if measured or bad_ranks or not math.isfinite(loss):
             # judged now, while the doctor can still stop the update
             record = self._record(step_data)
             record.gradients = self._gradients()
-            if not math.isfinite(loss) or record.gradients.non_finite:
-                record.sample_ids = [str(i) for i in self.sample_ids[batch.indices]]
-                record.non_finite_inputs = self._non_finite_inputs(batch)
+            if bad_ranks or not math.isfinite(loss) or record.gradients.non_finite:
+                rows = self._batch_rows(trainer, suspects, batch)
+                record.sample_ids = [str(i) for i in self.sample_ids[rows]]
+                record.non_finite_inputs = self._non_finite_inputs(trainer.dataset.batch(rows))
+                if trainer.rank_losses:
+                    record.non_finite_ranks = bad_ranks
             step_data.record = record
             self._judge("before_update", record)
         if measured:
@@ -303,6 +311,22 @@ class LiveDoctor(Callback):
             size = math.sqrt(sum(weight[i] ** 2 for i in idx))
             ratio[module] = moved / size if size > 0 else math.inf if moved > 0 else 0.0
         return ratio
+
+    @staticmethod
+    def _batch_rows(trainer: Trainer, ranks: list[int], batch: Batch) -> np.ndarray:
+        """The dataset rows of this step's batches on `ranks`: this rank's own, the others' found
+        by replaying their samplers."""
+        rows = []
+        for rank in ranks:
+            if rank == trainer.world.rank:
+                rows.append(batch.indices)
+                continue
+            sampler = build_sampler(
+                trainer.config, trainer.dataset, rank=rank, world_size=trainer.world.world_size
+            )
+            sampler.set_epoch(trainer.state.epoch)
+            rows.append(sampler.epoch_batches()[trainer.state.position])
+        return np.concatenate(rows) if rows else batch.indices
 
     def _non_finite_inputs(self, batch: Batch) -> dict[str, list[str]]:
         found = {}

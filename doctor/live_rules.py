@@ -121,6 +121,7 @@ class StepRecord:
     floor: float  # SupCon's floor for the batch's labels (NaN with no positive pair)
     collapse: float  # ln(B-1) for the batch's size
     rank_labels: list[np.ndarray] | None = None  # distributed: every rank's batch labels
+    non_finite_ranks: list[int] = field(default_factory=list)  # distributed: NaN/Inf loss there
     sample_ids: list[str] = field(default_factory=list)  # filled when the step goes non-finite
     non_finite_inputs: dict[str, list[str]] = field(default_factory=dict)  # modality -> ids
     gradients: GradientSummary | None = None
@@ -311,7 +312,8 @@ class NonFiniteRule(Rule):
 
     def before_update(self, record: StepRecord) -> list[Finding]:
         bad_modules = record.gradients.non_finite if record.gradients else []
-        if self.fired or (math.isfinite(record.loss) and not bad_modules):
+        ranks = record.non_finite_ranks
+        if self.fired or (math.isfinite(record.loss) and not bad_modules and not ranks):
             return []
         self.fired = True
         evidence = {
@@ -323,13 +325,18 @@ class NonFiniteRule(Rule):
             "batch_sample_ids": record.sample_ids[:SHOWN_IDS],
             "non_finite_inputs": record.non_finite_inputs,
         }
-        what = "loss" if not math.isfinite(record.loss) else "gradient"
+        what = "loss" if not math.isfinite(record.loss) or ranks else "gradient"
+        where = ""
+        if ranks:
+            evidence["ranks_with_non_finite_loss"] = ranks
+            where = f" on rank {', '.join(map(str, ranks))}"
         findings = [
             Finding(
                 self.name,
                 Severity.CRITICAL,
-                f"the {what} is {'NaN/Inf' if what == 'gradient' else record.loss} at step "
-                f"{record.step} (lr {record.lr:.3g}): one update on it makes the weights NaN",
+                f"the {what} is {'NaN/Inf' if what == 'gradient' or ranks else record.loss}"
+                f"{where} at step {record.step} (lr {record.lr:.3g}): one update on it makes the "
+                "weights NaN",
                 evidence,
                 "If the batch's inputs are finite (see the evidence), the step blew up: lower "
                 "train.learning_rate (`quad-doctor lr-range-test` measures a safe one) and keep "

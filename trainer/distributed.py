@@ -11,6 +11,7 @@ import math
 import os
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -92,19 +93,28 @@ def gather_features(features: torch.Tensor, world: World) -> torch.Tensor:
     return torch.cat(gathered)
 
 
-def gather_step(labels: torch.Tensor, loss: torch.Tensor, stop: bool, world: World) -> tuple:
-    """Every rank's batch labels and local loss, and whether any rank asked to stop: one small
-    all-gather per step. Returns (labels per rank, loss per rank, any stop)."""
-    row = torch.cat(
-        [labels.detach().double().reshape(-1), loss.detach().double().reshape(1)]
-        + [torch.tensor([float(stop)], dtype=torch.float64, device=labels.device)]
-    )
+def gather_labels(labels: torch.Tensor, world: World) -> list[np.ndarray]:
+    """Every rank's batch labels, in rank order (one small all-gather)."""
+    return gather_step(labels, None, world)[0]
+
+
+def gather_step(
+    labels: torch.Tensor, loss: torch.Tensor | None, world: World
+) -> tuple[list[np.ndarray], list[float]]:
+    """Every rank's batch labels and, when given, its local loss: one small all-gather.
+
+    The live doctor on rank 0 judges every rank's class mix and losses from these.
+    """
+    parts = [labels.detach().double().reshape(-1)]
+    if loss is not None:
+        parts.append(loss.detach().double().reshape(1))
+    row = torch.cat(parts)
     rows = [torch.empty_like(row) for _ in range(world.world_size)]
     dist.all_gather(rows, row)
     table = torch.stack(rows).cpu()
-    rank_labels = [r[:-2].long().numpy() for r in table]
-    rank_losses = [float(r[-2]) for r in table]
-    return rank_labels, rank_losses, bool(table[:, -1].max() > 0)
+    size = len(labels)
+    losses = [float(r[size]) for r in table] if loss is not None else []
+    return [r[:size].long().numpy() for r in table], losses
 
 
 def any_rank(flag: bool, world: World, device: torch.device) -> bool:

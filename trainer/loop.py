@@ -37,6 +37,7 @@ from quad_doctor.trainer.distributed import (
     World,
     any_rank,
     gather_features,
+    gather_labels,
     gather_step,
     mean_over_ranks,
 )
@@ -314,11 +315,15 @@ class Trainer:
         """SupCon on this rank's batch, or on every rank's with `dist.gather_features`."""
         if not self.world.distributed:
             return self.loss_fn(features, labels)
-        self.rank_labels, _, _ = gather_step(labels, torch.zeros(()), False, self.world)
         if self.config.dist.gather_features:
+            self.rank_labels = gather_labels(labels, self.world)
             everyone = torch.as_tensor(np.concatenate(self.rank_labels), device=labels.device)
-            return self.loss_fn(gather_features(features, self.world), everyone)
-        return self.loss_fn(features, labels)
+            output = self.loss_fn(gather_features(features, self.world), everyone)
+            self.rank_losses = None  # one loss over every rank's batch: the same on each
+            return output
+        output = self.loss_fn(features, labels)
+        self.rank_labels, self.rank_losses = gather_step(labels, output.loss, self.world)
+        return output
 
     def _stopping(self) -> bool:
         """Whether to stop now: a callback asked, on any rank (agreed at the last step)."""

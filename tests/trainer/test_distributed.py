@@ -128,3 +128,33 @@ def test_a_backend_this_machine_lacks_is_one_line(small_dataset):
     )
     assert code == 2
     one_line_error(err, "train.device", "CUDA")
+
+
+@pytest.fixture(scope="module")
+def nan_dataset(tmp_path_factory):
+    from quad_doctor.trainer.config import SyntheticConfig
+    from quad_doctor.trainer.synthetic import write_dataset
+
+    config = SyntheticConfig(num_samples=240, nan_fraction=0.05)
+    return write_dataset(config, tmp_path_factory.mktemp("nan") / "data")
+
+
+@pytest.mark.parametrize("gather", ["true", "false"])
+def test_a_nan_on_any_rank_stops_every_rank_before_the_update(tmp_path, nan_dataset, gather):
+    overrides = [
+        f'data.path="{nan_dataset}"',
+        "train.batch_size=16",
+        f"dist.gather_features={gather}",
+    ]
+    code, out, run_dir = train_2(tmp_path, overrides, "--stop-on", "critical")
+    assert code == 1 and "stopped: critical non-finite at step 0" in out, out
+    report = json.loads((run_dir / "report.json").read_text())
+    top = report["findings"][0]
+    assert top["check"] == "data-integrity"  # the samples that hold NaN, whichever rank had them
+    assert any(key.endswith("sample_ids") for key in top["evidence"])
+    non_finite = top["explained"][0]["evidence"]
+    if gather == "false":
+        assert non_finite["ranks_with_non_finite_loss"]
+    checkpoint = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
+    assert checkpoint["state"]["global_step"] == 0
+    assert all(torch.isfinite(v).all() for v in checkpoint["model"].values())
