@@ -158,3 +158,30 @@ def test_a_nan_on_any_rank_stops_every_rank_before_the_update(tmp_path, nan_data
     checkpoint = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
     assert checkpoint["state"]["global_step"] == 0
     assert all(torch.isfinite(v).all() for v in checkpoint["model"].values())
+
+
+def test_a_stopped_two_process_run_resumes_with_the_same_world_size(tmp_path, ddp_overrides):
+    overrides = [*ddp_overrides, "train.sampler=sequential", "train.num_epochs=2"]
+    code, out, run_dir = train_2(tmp_path, overrides, "--stop-on", "critical")
+    assert code == 1 and "stopped: critical sampler-class-mix" in out, out
+    stopped = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)["state"]
+    assert 0 < stopped["global_step"] < 12
+    command = [sys.executable, "-m", "quad_doctor.cli", "train", "--run-dir", str(run_dir)]
+    done = subprocess.run([*command, "--resume"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert [row["epoch"] for row in rows(run_dir, "metrics.jsonl")] == [0, 1, 2]
+    assert json.loads((run_dir / "report.json").read_text())["training"]["global_step"] == 12
+
+
+def test_multi_node_settings_pass_through_to_torchrun(small_dataset):
+    from quad_doctor.trainer.config import load_config
+    from quad_doctor.trainer.launch import launch_command
+
+    config = load_config(None, [f'data.path="{small_dataset}"', "train.batch_size=8"])
+    command = launch_command(config, nnodes=2, rdzv_endpoint="node0:29500")
+    assert command[1:3] == ["-m", "torch.distributed.run"] and "--standalone" not in command
+    assert {"--nnodes=2", "--rdzv-backend=c10d", "--rdzv-endpoint=node0:29500"} <= set(command)
+    assert command[-2:] == ["-m", "quad_doctor.cli"]
+    code, _, err = run("train", "--set", f'data.path="{small_dataset}"', "--nnodes", "2")
+    assert code == 2
+    one_line_error(err, "--nnodes", "--rdzv-endpoint")
