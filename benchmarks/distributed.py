@@ -64,9 +64,15 @@ def overhead_worker(out: Path) -> None:
     world = init_world(config.train.device)
     clock = StepClock()
     doctor = LiveDoctor()
+    # every rank measures its own gradient every 16th step for the doctor (always on blocks)
     callbacks = [Blocks(doctor), clock] if world.is_main else [clock]
     trainer = Trainer(
-        config, callbacks, console=Console(file=io.StringIO()), show_progress=False, world=world
+        config,
+        callbacks,
+        console=Console(file=io.StringIO()),
+        show_progress=False,
+        world=world,
+        watch_rank_gradients=True,
     )
     trainer.fit(out.parent / "run")  # the same directory on every rank; rank 0 writes
     if world.is_main:

@@ -504,7 +504,11 @@ def _train_process(
         doctor = LiveDoctor(stop_on=stop, context=source, verify=verify_remedy)
     with console.status("preparing data and model"):
         trainer = Trainer(
-            resolved, callbacks=[doctor] if doctor else [], console=console, world=world
+            resolved,
+            callbacks=[doctor] if doctor else [],
+            console=console,
+            world=world,
+            watch_rank_gradients=not no_doctor,  # every rank measures; rank 0's doctor reads
         )
     target = directory if resume else new_run_dir(directory)
     if not world.distributed:

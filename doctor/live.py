@@ -54,7 +54,7 @@ MAX_POINTS = 4000
 # Steps are judged in groups of this many (sooner at measured and non-finite steps): a rule then
 # speaks at most 8 steps after the step that made it fire.
 JUDGE_EVERY = 8
-SERIES = ("step", "loss", "lr", "floor", "classes", "spread")
+SERIES = ("step", "loss", "lr", "floor", "classes", "spread", "rank_grad_norm")
 SEVERITY_STYLE = {
     Severity.CRITICAL: "bold white on red",
     Severity.ERROR: "bold red",
@@ -74,6 +74,7 @@ class _Step:
     indices: np.ndarray
     applied_lr: list[float]
     rank_labels: list[np.ndarray] | None = None  # distributed: every rank's batch labels
+    rank_grad_norms: list[float] | None = None  # distributed: each rank's own gradient norm
     features: torch.Tensor | None = None
     update_ratio: dict[str, float] | None = None
     record: StepRecord | None = None  # built at once for measured and non-finite steps
@@ -215,6 +216,7 @@ class LiveDoctor(Callback):
         if not self._pending or self._pending[-1].step != step:
             return
         self._pending[-1].features = features.detach()
+        self._pending[-1].rank_grad_norms = trainer.rank_grad_norms
         measured, self._measuring = self._measuring, False
         if measured:
             self._pending[-1].update_ratio = self._update_ratio()
@@ -260,6 +262,7 @@ class LiveDoctor(Callback):
                 record = self._record(data)
                 self._judge("before_update", record)
             record.update_ratio = data.update_ratio
+            record.rank_grad_norms = data.rank_grad_norms
             if data.features is not None:
                 with torch.no_grad():
                     z = data.features.float()
@@ -342,7 +345,15 @@ class LiveDoctor(Callback):
     def _remember(self, record: StepRecord) -> None:
         if record.step % self.stride:
             return
-        values = (record.step, record.loss, record.lr, record.floor, record.classes, record.spread)
+        values = (
+            record.step,
+            record.loss,
+            record.lr,
+            record.floor,
+            record.classes,
+            record.spread,
+            record.rank_grad_norms,  # None in one process
+        )
         for name, value in zip(SERIES, values, strict=True):
             self.series[name].append(value)
         if len(self.series["step"]) > MAX_POINTS:

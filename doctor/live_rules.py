@@ -122,6 +122,7 @@ class StepRecord:
     collapse: float  # ln(B-1) for the batch's size
     rank_labels: list[np.ndarray] | None = None  # distributed: every rank's batch labels
     non_finite_ranks: list[int] = field(default_factory=list)  # distributed: NaN/Inf loss there
+    rank_grad_norms: list[float] | None = None  # distributed: each rank's own gradient norm
     sample_ids: list[str] = field(default_factory=list)  # filled when the step goes non-finite
     non_finite_inputs: dict[str, list[str]] = field(default_factory=dict)  # modality -> ids
     gradients: GradientSummary | None = None
@@ -465,7 +466,7 @@ class GradientRule(Rule):
     def __init__(self, facts: RunFacts) -> None:
         super().__init__(facts)
         self.streaks: dict[str, int] = {}
-        self.signals_fired: set[str] = set()
+        self.fired_signals: set[str] = set()
 
     def before_update(self, record: StepRecord) -> list[Finding]:
         grads = record.gradients
@@ -481,10 +482,60 @@ class GradientRule(Rule):
         findings = []
         for signal, on in signals.items():
             self.streaks[signal] = self.streaks.get(signal, 0) + 1 if on else 0
-            if self.streaks[signal] >= GRADIENT_STREAK and signal not in self.signals_fired:
-                self.signals_fired.add(signal)
+            if self.streaks[signal] >= GRADIENT_STREAK and signal not in self.fired_signals:
+                self.fired_signals.add(signal)
                 findings.append(self._finding(signal, record, grads, encoders))
         return findings
+
+    def after_update(self, record: StepRecord) -> list[Finding]:
+        """Distributed: each rank's own gradient norm, measured before DDP averaged them."""
+        norms = record.rank_grad_norms
+        if not norms or not all(math.isfinite(n) for n in norms):
+            return []  # measured every 16th step only
+        largest = max(norms)
+        signals = {
+            "rank-exploding": [r for r, n in enumerate(norms) if n > EXPLODING_GRAD_NORM],
+            "rank-starved": [r for r, n in enumerate(norms) if n < VANISHING_RELATIVE * largest],
+        }
+        findings = []
+        for signal, ranks in signals.items():
+            self.streaks[signal] = self.streaks.get(signal, 0) + 1 if ranks else 0
+            if self.streaks[signal] >= GRADIENT_STREAK and signal not in self.fired_signals:
+                self.fired_signals.add(signal)
+                findings.append(self._rank_finding(signal, ranks, record, norms))
+        return findings
+
+    def _rank_finding(
+        self, signal: str, ranks: list[int], record: StepRecord, norms: list[float]
+    ) -> Finding:
+        where = ", ".join(map(str, ranks))
+        evidence = {
+            "signal": signal,
+            "step": record.step,
+            "ranks": ranks,
+            "grad_norm_per_rank": [_sig(n) for n in norms],
+            "steps_in_a_row": GRADIENT_STREAK,
+        }
+        if signal == "rank-exploding":
+            return Finding(
+                self.name,
+                Severity.ERROR,
+                f"rank {where}: its own gradient norm {max(norms):.3g} explodes at step "
+                f"{record.step} (healthy 0.3-30), before DDP averages it with the others'",
+                evidence,
+                "Lower train.learning_rate; look at what that rank's batches hold.",
+                explains=("divergence", "non-finite"),
+            )
+        return Finding(
+            self.name,
+            Severity.WARNING,
+            f"rank {where}: its own gradient is {min(norms) / max(norms):.1e} of the largest "
+            f"rank's at step {record.step}: its batches teach the model almost nothing",
+            evidence,
+            "Check that rank's batches (see sampler-class-mix's per-rank evidence); with "
+            "dist.gather_features = false a rank whose batches hold one class contributes no "
+            "gradient.",
+        )
 
     def _modality_norms(self, grads: GradientSummary) -> dict[str, float]:
         norms: dict[str, float] = {}
@@ -612,7 +663,7 @@ class LossPinnedRule(Rule):
     def __init__(self, facts: RunFacts) -> None:
         super().__init__(facts)
         self.window: deque[StepRecord] = deque(maxlen=PINNED_WINDOW)
-        self.signals_fired: set[str] = set()
+        self.fired_signals: set[str] = set()
         self.near = 0  # steps in a row with the loss near ln(B-1) or the batch floor
 
     def after_update(self, record: StepRecord) -> list[Finding]:
@@ -635,9 +686,9 @@ class LossPinnedRule(Rule):
             np.all(floor < collapse - FLOOR_BELOW_COLLAPSE)
         )
         signal = "collapse" if at_collapse else "floor" if at_floor else None
-        if signal is None or signal in self.signals_fired:
+        if signal is None or signal in self.fired_signals:
             return []
-        self.signals_fired.add(signal)
+        self.fired_signals.add(signal)
         evidence = {
             "signal": signal,
             "steps": f"{self.window[0].step}-{record.step}",

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
 from quad_doctor.trainer.errors import UsageError
 
@@ -117,13 +118,30 @@ def gather_step(
     return [r[:size].long().numpy() for r in table], losses
 
 
-def any_rank(flag: bool, world: World, device: torch.device) -> bool:
-    """True when `flag` is true on any rank (every rank must call it at the same point)."""
+def average_gradients(model: torch.nn.Module, world: World) -> float:
+    """Average the gradients over the ranks, as DDP would, after backward under `no_sync`;
+    returns this rank's own gradient norm, measured before averaging."""
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    local = float(torch.stack(torch._foreach_norm(grads)).norm()) if grads else 0.0
+    flat = _flatten_dense_tensors(grads)
+    dist.all_reduce(flat)
+    flat /= world.world_size
+    for grad, averaged in zip(grads, _unflatten_dense_tensors(flat, grads), strict=True):
+        grad.copy_(averaged)
+    return local
+
+
+def after_backward(
+    stop: bool, grad_norm: float, world: World, device: torch.device
+) -> tuple[bool, list[float]]:
+    """Whether any rank asked to stop, and every rank's own gradient norm: one all-gather."""
     if not world.distributed:
-        return flag
-    value = torch.tensor([1.0 if flag else 0.0], device=device)
-    dist.all_reduce(value, op=dist.ReduceOp.MAX)
-    return bool(value.item() > 0)
+        return stop, [grad_norm]
+    row = torch.tensor([float(stop), grad_norm], dtype=torch.float64, device=device)
+    rows = [torch.empty_like(row) for _ in range(world.world_size)]
+    dist.all_gather(rows, row)
+    table = torch.stack(rows).cpu()
+    return bool(table[:, 0].max() > 0), [float(v) for v in table[:, 1]]
 
 
 def mean_over_ranks(value: float, world: World, device: torch.device) -> float:

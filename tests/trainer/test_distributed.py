@@ -49,6 +49,11 @@ def test_two_processes_learn_and_rank_0_writes_one_row_per_epoch(tmp_path, ddp_o
     report = json.loads((run_dir / "report.json").read_text())
     assert report["context"]["config"]["dist"]["nproc_per_node"] == 2
     assert report["training"]["global_step"] == 24
+    # each rank's own gradient norm, measured before DDP averaged them, every step
+    norms = report["training"]["steps"]["rank_grad_norm"]
+    measured = [n for n in norms if n[0] is not None]  # every 16th step: 0 and 16
+    assert len(norms) == 24 and len(measured) == 2
+    assert all(min(n) > 0 and n[0] != n[1] for n in measured)  # each rank's own gradient
     assert (run_dir / "checkpoints" / "last.pt").is_file() and (run_dir / "report.html").is_file()
     assert out.count("done: 4 epochs") == 1  # rank 0 alone speaks
 
@@ -185,3 +190,19 @@ def test_multi_node_settings_pass_through_to_torchrun(small_dataset):
     code, _, err = run("train", "--set", f'data.path="{small_dataset}"', "--nnodes", "2")
     assert code == 2
     one_line_error(err, "--nnodes", "--rdzv-endpoint")
+
+
+def test_a_rank_whose_own_gradient_vanishes_is_named():
+    from quad_doctor.live_rules import GradientRule, RunFacts, StepRecord
+    from quad_doctor.trainer.config import load_config
+
+    rule = GradientRule(RunFacts(load_config(), 6, 37, 370, 0.07, ("fusion",)))
+    labels = torch.arange(4).repeat(8).numpy()
+    found = []
+    for step in range(3):
+        record = StepRecord(step, 1, 1e-4, [1e-4], 3.4, labels, labels, 4, labels * 0 + 7, 2.0, 3.4)
+        record.rank_grad_norms = [2.5, 1e-7]
+        found += rule.after_update(record)
+    (finding,) = found
+    assert finding.title.startswith("rank 1: its own gradient is 4.0e-08")
+    assert finding.evidence["ranks"] == [1]
