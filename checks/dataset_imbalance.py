@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from quad_doctor.checks.base import Check
-from quad_doctor.context import DiagnosisContext
+from quad_doctor.context import DiagnosisContext, class_counts
 from quad_doctor.findings import Finding, Severity
 
 # The original checklist's line: beyond 90 % one class, batches are nearly single-class anyway.
@@ -46,15 +46,9 @@ class DatasetImbalance(Check):
     def run(self, ctx: DiagnosisContext) -> Iterator[Finding]:
         manifest = ctx.manifest
         classes = manifest.class_names
-        counts = {
-            split: np.bincount(manifest.labels[manifest.splits == split], minlength=len(classes))
-            for split in ("train", "val")
-        }
-        # for the report's pictures
-        ctx.published["class_counts"] = {
-            "classes": list(classes),
-            **{split: c.tolist() for split, c in counts.items()},
-        }
+        # published for the report's pictures
+        ctx.published["class_counts"] = published = class_counts(manifest)
+        counts = {split: np.array(published[split]) for split in ("train", "val")}
         train = counts["train"]
         total = int(train.sum())
         majority = int(train.argmax())

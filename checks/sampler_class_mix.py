@@ -10,7 +10,7 @@ from quad_doctor.checks.base import Check
 from quad_doctor.context import DiagnosisContext
 from quad_doctor.findings import Finding, Severity
 from quad_doctor.trainer.config import Config
-from quad_doctor.trainer.losses import supcon_collapse_value
+from quad_doctor.trainer.losses import positives_per_anchor, supcon_collapse_value
 
 # Past half single-class batches, most steps carry no contrastive signal at all.
 SINGLE_CLASS_CRITICAL = 0.5
@@ -91,7 +91,7 @@ def class_mix_finding(
     """
     train = config.train
     classes_per_batch = np.array([len(np.unique(b)) for b in batches])
-    positives = np.concatenate([np.bincount(b)[b] - 1 for b in batches])
+    positives = np.concatenate([positives_per_anchor(b) for b in batches])
     single_class_share = float(np.mean(classes_per_batch == 1))
     no_positive_share = float(np.mean(positives == 0))
     size = len(batches[0])  # what SupCon contrasts: all ranks' batches when it gathers them

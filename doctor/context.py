@@ -31,7 +31,7 @@ from quad_doctor.trainer.build import (
 )
 from quad_doctor.trainer.config import Config
 from quad_doctor.trainer.dataset import Batch, Manifest, QuadDataset, read_manifest
-from quad_doctor.trainer.losses import SupConLoss
+from quad_doctor.trainer.losses import SupConLoss, positives_per_anchor
 from quad_doctor.trainer.model import QuadModel
 from quad_doctor.trainer.samplers import BatchSampler
 from quad_doctor.trainer.schedule import LRSchedule
@@ -77,11 +77,11 @@ def distributed_batches(
     batches = steps if gather else [batch for rank in per_rank for batch in rank]
     single, positive, lonely = [], [], []
     for own in per_rank:
-        positives = np.concatenate([np.bincount(b)[b] - 1 for b in own])
+        positives = np.concatenate([positives_per_anchor(b) for b in own])
         single.append(round(float(np.mean([len(np.unique(b)) == 1 for b in own])), 4))
         positive.append(round(float(positives.mean()), 3))
         lonely.append(round(float(np.mean(positives == 0)), 4))
-    gathered = np.concatenate([np.bincount(b)[b] - 1 for b in steps])
+    gathered = np.concatenate([positives_per_anchor(b) for b in steps])
     evidence = {
         "world_size": len(per_rank),
         "gather_features": gather,
@@ -98,6 +98,18 @@ def distributed_batches(
         "positives_per_anchor_mean_gathered": round(float(gathered.mean()), 3),
     }
     return batches, evidence
+
+
+def class_counts(manifest: Manifest) -> dict[str, Any]:
+    """Samples of each class in each split (for the report's pictures)."""
+    width = len(manifest.class_names)
+    return {
+        "classes": list(manifest.class_names),
+        **{
+            split: np.bincount(manifest.labels[manifest.splits == split], minlength=width).tolist()
+            for split in ("train", "val")
+        },
+    }
 
 
 def weight_scale(model: torch.nn.Module) -> float | None:

@@ -8,6 +8,7 @@ import importlib.metadata
 import platform
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -18,6 +19,7 @@ from quad_doctor.checks.base import SkipCheck
 from quad_doctor.context import DiagnosisContext, isolated_rng
 from quad_doctor.findings import CheckRun, Finding, Report, Severity, Verification, rank_findings
 from quad_doctor.trainer.config import Config, patched_config
+from quad_doctor.trainer.dataset import Manifest
 from quad_doctor.trainer.errors import QuadDoctorError, UsageError
 
 # Phases cheap enough to re-run on a patched config: no training steps.
@@ -181,13 +183,19 @@ def environment(device: object) -> dict[str, str]:
 
 def describe(ctx: DiagnosisContext) -> dict[str, object]:
     """What was diagnosed, for the report's header: config, dataset and device."""
-    manifest = ctx.manifest
+    return describe_run(ctx.config, ctx.dataset_dir, ctx.manifest, ctx.device)
+
+
+def describe_run(
+    config: Config, dataset_dir: Path, manifest: Manifest, device: torch.device
+) -> dict[str, object]:
+    """A report's header, for a diagnosis or a training run: config, dataset, environment."""
     return {
-        "config": ctx.config.to_dict(),
-        "dataset": str(ctx.dataset_dir),
-        "embedded_default": not ctx.config.data.path,
+        "config": config.to_dict(),
+        "dataset": str(dataset_dir),
+        "embedded_default": not config.data.path,
         "num_samples": len(manifest.labels),
         "classes": list(manifest.class_names),
-        "device": str(ctx.device),
-        "environment": environment(ctx.device),
+        "device": str(device),
+        "environment": environment(device),
     }

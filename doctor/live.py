@@ -26,8 +26,8 @@ from rich.text import Text
 
 from quad_doctor.checks import ALL_CHECKS
 from quad_doctor.checks.gradient_flow import module_of
-from quad_doctor.context import isolated_rng, weight_scale
-from quad_doctor.engine import environment
+from quad_doctor.context import class_counts, isolated_rng, weight_scale
+from quad_doctor.engine import describe_run
 from quad_doctor.findings import CheckRun, Finding, Report, Severity, Verification, rank_findings
 from quad_doctor.live_rules import LIVE_RULES, GradientSummary, Rule, RunFacts, StepRecord
 from quad_doctor.reports import json as json_report
@@ -455,10 +455,18 @@ class LiveDoctor(Callback):
         return Report(
             findings=rank_findings(findings, self.order),
             checks=checks,
-            context=self._describe(trainer),
+            context={
+                **describe_run(
+                    trainer.config,
+                    trainer.dataset.directory,
+                    trainer.dataset.manifest,
+                    trainer.device,
+                ),
+                **self.extra_context,
+            },
             duration_s=self.doctor_time,
             training=self._training(trainer),
-            measurements={"class_counts": self._class_counts(trainer)},
+            measurements={"class_counts": class_counts(trainer.dataset.manifest)},
         )
 
     def write_report(self) -> Path:
@@ -469,39 +477,14 @@ class LiveDoctor(Callback):
 
     def _verified_finding(self, finding: Finding) -> Finding:
         """A patch is verified by re-running its pre-flight check on the patched config."""
-        if self.verify is None or not finding.config_patch or finding.check not in self.order:
-            return finding
-        if finding.check not in {check.name for check in ALL_CHECKS}:
+        preflight = {check.name for check in ALL_CHECKS}
+        if self.verify is None or not finding.config_patch or finding.check not in preflight:
             return finding
         key = f"{finding.check}:{sorted(finding.config_patch.items())}"
         if key not in self._verified:
             with isolated_rng(self.trainer.config.train.seed):
                 self._verified[key] = self.verify(finding, self.trainer.config)
         return dataclasses.replace(finding, verification=self._verified[key])
-
-    @staticmethod
-    def _class_counts(trainer: Trainer) -> dict[str, Any]:
-        labels, classes = trainer.dataset.labels, trainer.dataset.class_names
-        return {
-            "classes": list(classes),
-            **{
-                split: np.bincount(labels[rows], minlength=len(classes)).tolist()
-                for split, rows in (("train", trainer.train_rows), ("val", trainer.val_rows))
-            },
-        }
-
-    def _describe(self, trainer: Trainer) -> dict[str, Any]:
-        dataset = trainer.dataset
-        return {
-            "config": trainer.config.to_dict(),
-            "dataset": str(dataset.directory),
-            "embedded_default": not trainer.config.data.path,
-            "num_samples": len(dataset),
-            "classes": list(dataset.class_names),
-            "device": str(trainer.device),
-            "environment": environment(trainer.device),
-            **self.extra_context,
-        }
 
     def _training(self, trainer: Trainer) -> dict[str, Any]:
         config = trainer.config.train

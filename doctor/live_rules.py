@@ -26,7 +26,7 @@ from quad_doctor.checks.sampler_class_mix import class_mix_finding, class_mix_ve
 from quad_doctor.context import distributed_batches
 from quad_doctor.findings import Finding, Severity
 from quad_doctor.trainer.config import Config
-from quad_doctor.trainer.losses import supcon_collapse_value
+from quad_doctor.trainer.losses import positives_per_anchor, supcon_collapse_value
 
 # Batches the class-mix and loss-bounds rules judge together: the last 50, or fewer when an
 # epoch is shorter. They speak once 8 batches are in: a single-class batch is impossible for the
@@ -198,7 +198,7 @@ class ClassMixRule(BatchWindowRule):
                 1,
             )
         else:  # each rank's SupCon sees its own batch only
-            positives = [np.bincount(b)[b] - 1 for b in record.rank_labels]
+            positives = [positives_per_anchor(b) for b in record.rank_labels]
             counts = (
                 sum(int(np.count_nonzero(np.bincount(b)) == 1) for b in record.rank_labels),
                 sum(int(np.count_nonzero(p == 0)) for p in positives),

@@ -161,9 +161,3 @@ def gather_objects(value: object, world: World) -> list[object]:
     gathered: list[object] = [None] * world.world_size
     dist.all_gather_object(gathered, value)
     return gathered
-
-
-def barrier(world: World) -> None:
-    """Wait for every rank."""
-    if world.distributed:
-        dist.barrier()
