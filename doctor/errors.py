@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
-from quad_doctor.trainer.errors import ConfigError, DatasetError, QuadDoctorError, UsageError
+from quad_doctor.trainer.errors import (
+    ConfigError,
+    DatasetError,
+    QuadDoctorError,
+    SetupError,
+    UsageError,
+)
 
-__all__ = ["ConfigError", "DatasetError", "QuadDoctorError", "UsageError"]
+__all__ = ["ConfigError", "DatasetError", "QuadDoctorError", "SetupError", "UsageError"]

@@ -17,3 +17,7 @@ class DatasetError(QuadDoctorError):
 
 class UsageError(QuadDoctorError):
     """A command was called with arguments that cannot work together."""
+
+
+class SetupError(QuadDoctorError):
+    """A user's training setup (its file, its function, or a field it returned) cannot work."""
