@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from quad_doctor.checks.base import Check
-from quad_doctor.context import DiagnosisContext
+from quad_doctor.context import DiagnosisContext, indices_of, streams_of
 from quad_doctor.findings import Finding, Severity
-from quad_doctor.trainer.dataset import MODALITIES
 from quad_doctor.trainer.synthetic import SILENT_FRACTION
 
 # Rows read from a memory-mapped array at a time, at most ...
@@ -53,6 +54,13 @@ LEAKAGE_ERROR_SHARE = 0.10
 EMPTY_ROWS_ERROR_SHARE = SILENT_FRACTION
 # How many sample ids a finding lists.
 SHOWN_IDS = 5
+
+# A user's dataset decodes every item: read at most this many training samples (and a quarter of
+# it from validation), in batches, for at most this long. 2,000 clean samples bound the share of
+# NaN rows missed below 0.15 % at 95 % confidence (rule of three); a dead stream shows at once.
+SCAN_SAMPLES = 2000
+SCAN_BATCH = 64
+SCAN_SECONDS = 15.0
 
 SYNTHETIC_HINT = "the data comes from the synthetic generator (data.path is empty)"
 
@@ -153,19 +161,20 @@ def scan_stream(modality: str, array: np.ndarray, signal_rows: np.ndarray) -> St
         flat = chunk.reshape(len(chunk), -1)
         if floating:
             nonfinite[rows] = ~np.isfinite(flat).all(axis=1)
-        if modality == "text":
+        if modality == "text" or (not floating and array.ndim == 2):  # token ids, 0 = padding
             empty[rows] = ~flat.any(axis=1)
         else:
             empty[rows] = flat.min(axis=1) == flat.max(axis=1)
         varies = varies or bool((flat != first).any())
         digests[rows] = row_digests(chunk)
         lo, hi = np.searchsorted(signal_rows, [start, start + len(chunk)])
-        if hi > lo:
+        if hi > lo and modality in SUMMARIES:
             with np.errstate(invalid="ignore", over="ignore"):  # NaN rows are dropped later
                 summaries.append(SUMMARIES[modality](chunk[signal_rows[lo:hi] - start]))
     one_value = not varies and first.min() == first.max()
     constant = first[0].item() if one_value else None
-    return StreamScan(nonfinite, empty, varies, constant, digests, np.concatenate(summaries))
+    summaries = np.concatenate(summaries) if summaries else np.zeros((len(signal_rows), 0))
+    return StreamScan(nonfinite, empty, varies, constant, digests, summaries)
 
 
 def class_signal_lift(summaries: np.ndarray, labels: np.ndarray) -> float | None:
@@ -208,6 +217,97 @@ def repeats_earlier(group: np.ndarray) -> np.ndarray:
     return ~first
 
 
+@dataclass(frozen=True)
+class Samples:
+    """What the check reads: each stream's rows (memory-mapped in full, or a sample read through
+    the dataset), with their labels, ids and split."""
+
+    arrays: dict[str, np.ndarray]
+    labels: np.ndarray
+    sample_ids: np.ndarray
+    is_val: np.ndarray
+    total: int  # samples in the dataset(s), read or not
+    noun: str = "samples"  # "scanned samples" for a sample
+
+    def coverage(self) -> dict[str, object]:
+        """How much was read, and the NaN share a clean sample still leaves possible."""
+        read = len(self.labels)
+        if read >= self.total:
+            return {"scanned": f"all {read:,} samples"}
+        return {
+            "scanned": f"{read:,} of {self.total:,} samples (a seeded random sample)",
+            # rule of three: none seen in n draws bounds the share below 3/n at 95 % confidence
+            "undetected_share_95": float(f"{3 / read:.2g}"),
+        }
+
+
+def read_samples(ctx: DiagnosisContext) -> Samples:
+    """Every row of an array-backed dataset (memory-mapped `arrays`, as the embedded one has);
+    else up to `SCAN_SAMPLES` training and `SCAN_SAMPLES // 4` validation items read through the
+    user's dataset, collate function and `batch_fn`, within `SCAN_SECONDS`."""
+    dataset = ctx.train_dataset
+    arrays = getattr(dataset, "arrays", None)
+    if isinstance(arrays, dict) and arrays:
+        splits = np.asarray(getattr(dataset, "splits", np.full(len(ctx.labels), "train")))
+        ids = np.asarray(getattr(dataset, "sample_ids", np.arange(len(ctx.labels)).astype(str)))
+        return Samples(dict(arrays), ctx.labels, ids, splits == "val", len(ctx.labels))
+    rng = np.random.default_rng(SIGNAL_SEED)
+    train = ctx.train_indices
+    parts = [("train", ctx.setup.train_loader, _pick(rng, train, SCAN_SAMPLES))]
+    val_loader = ctx.setup.val_loader
+    total = len(train)
+    if val_loader is not None and getattr(val_loader, "dataset", None) is not None:
+        val_rows = _val_rows(val_loader)
+        parts.append(("val", val_loader, _pick(rng, val_rows, SCAN_SAMPLES // 4)))
+        total += len(val_rows)
+    streams: dict[str, list[np.ndarray]] = {}
+    labels, ids, is_val = [], [], []
+    started = time.perf_counter()
+    planned = sum(len(rows) for _, _, rows in parts)
+    done = 0
+    for split, loader, rows in parts:
+        for start in range(0, len(rows), SCAN_BATCH):
+            if time.perf_counter() - started > SCAN_SECONDS:
+                break
+            chunk = rows[start : start + SCAN_BATCH]
+            inputs, chunk_labels = ctx.batch_fn(ctx.read(chunk, loader=loader))
+            for name, value in streams_of(inputs).items():
+                streams.setdefault(name, []).append(value.detach().cpu().numpy())
+            labels.append(np.asarray(torch.as_tensor(chunk_labels).cpu()).reshape(-1))
+            ids += [f"{split}[{int(i)}]" for i in chunk]
+            is_val += [split == "val"] * len(chunk)
+            done += len(chunk)
+            if ctx.on_progress:
+                ctx.on_progress("data-integrity: reading samples", done, planned)
+    read = len(ids)
+    arrays = {
+        name: np.concatenate(chunks)
+        for name, chunks in streams.items()
+        if sum(len(c) for c in chunks) == read
+    }
+    return Samples(
+        arrays,
+        np.concatenate(labels).astype(np.int64),
+        np.array(ids),
+        np.array(is_val, dtype=bool),
+        total,
+        "scanned samples" if read < total else "samples",
+    )
+
+
+def _pick(rng: np.random.Generator, rows: np.ndarray, budget: int) -> np.ndarray:
+    """All `rows`, or a seeded random `budget` of them in order."""
+    if len(rows) <= budget:
+        return rows
+    return np.sort(rng.choice(rows, size=budget, replace=False))
+
+
+def _val_rows(loader) -> np.ndarray:
+    """The dataset indices a validation loader reads."""
+    rows = indices_of(loader)
+    return rows if rows is not None else np.arange(len(loader.dataset), dtype=np.int64)
+
+
 class DataIntegrity(Check):
     """What the arrays hold: NaN/Inf, dead streams, duplicates, train/val leakage, empty rows.
 
@@ -246,18 +346,19 @@ class DataIntegrity(Check):
     order = 10
 
     def run(self, ctx: DiagnosisContext) -> Iterator[Finding]:
-        arrays = ctx.dataset.arrays
-        manifest = ctx.manifest
-        n = len(manifest.labels)
+        samples = read_samples(ctx)
+        self.samples = samples
+        n = len(samples.labels)
         rng = np.random.default_rng(SIGNAL_SEED)
         signal_rows = np.sort(rng.choice(n, size=min(n, SIGNAL_ROWS), replace=False))
-        scans = {m: scan_stream(m, arrays[m], signal_rows) for m in MODALITIES}
+        scans = {m: scan_stream(m, a, signal_rows) for m, a in samples.arrays.items()}
         lifts = {
-            m: class_signal_lift(scan.summaries, manifest.labels[signal_rows])
+            m: class_signal_lift(scan.summaries, samples.labels[signal_rows])
             for m, scan in scans.items()
             if scan.varies
         }
-        synthetic = ctx.config.data.path == ""
+        ctx.published["data_integrity_coverage"] = samples.coverage()
+        synthetic = ctx.config is not None and ctx.config.data.path == ""
         yield from self._nonfinite(ctx, scans, synthetic)
         yield from self._dead_streams(ctx, scans, synthetic)
         yield from self._silent_streams(ctx, lifts, len(signal_rows), synthetic)
@@ -270,7 +371,7 @@ class DataIntegrity(Check):
         bad = np.logical_or.reduce([scan.nonfinite for scan in scans.values()])
         if not bad.any():
             return
-        ids = ctx.manifest.sample_ids
+        ids = self.samples.sample_ids
         by_modality = {
             m: {
                 "samples": int(scan.nonfinite.sum()),
@@ -292,9 +393,10 @@ class DataIntegrity(Check):
         yield Finding(
             check=self.name,
             severity=Severity.CRITICAL,
-            title=f"{int(bad.sum())} of {len(bad)} samples hold NaN or Inf ({where}): each "
-            "poisons its batches, then the weights",
+            title=f"{int(bad.sum())} of {len(bad)} {self.samples.noun} hold NaN or Inf ({where}): "
+            "each poisons its batches, then the weights",
             evidence={
+                **self.samples.coverage(),
                 "samples": int(bad.sum()),
                 "share": round(float(bad.mean()), 4),
                 "first_sample_ids": first_ids(ids, bad),
@@ -326,6 +428,7 @@ class DataIntegrity(Check):
                 severity=Severity.ERROR,
                 title=f"the {modality} stream is dead: every sample is the same ({same})",
                 evidence={
+                    **self.samples.coverage(),
                     "modality": modality,
                     "samples": len(scan.empty),
                     "distinct_samples": 1,
@@ -385,8 +488,8 @@ class DataIntegrity(Check):
     def _duplicates_and_leakage(
         self, ctx: DiagnosisContext, scans: dict[str, StreamScan]
     ) -> Iterator[Finding]:
-        ids = ctx.manifest.sample_ids
-        is_val = ctx.manifest.splits == "val"
+        ids = self.samples.sample_ids
+        is_val = self.samples.is_val
         _, id_group = np.unique(ids.astype(str), return_inverse=True)
         # A sample's content is its four 64-bit row digests; a false match needs four collisions.
         digests = np.stack([scan.digests for scan in scans.values()], axis=1)
@@ -439,7 +542,7 @@ class DataIntegrity(Check):
         empty = {m: scan.empty for m, scan in scans.items() if scan.varies and scan.empty.any()}
         if not empty:
             return
-        ids = ctx.manifest.sample_ids
+        ids = self.samples.sample_ids
         by_modality = {
             m: {
                 "samples": int(rows.sum()),

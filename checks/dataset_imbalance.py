@@ -22,7 +22,8 @@ class DatasetImbalance(Check):
     """Label counts per split: majority share, imbalance ratio, classes too small to pair.
 
     What it checks:
-        Counts each class in the train and val splits of the manifest (never the arrays): the
+        Counts each class in the train and val splits from the labels alone (the manifest, or
+        the setup's `labels`; never the inputs): the
         majority class's share, the ratio of the largest to the smallest class, classes with
         fewer than two training samples and classes with none.
 
@@ -44,12 +45,11 @@ class DatasetImbalance(Check):
     order = 20
 
     def run(self, ctx: DiagnosisContext) -> Iterator[Finding]:
-        manifest = ctx.manifest
-        classes = manifest.class_names
+        classes = ctx.class_names
+        train = np.bincount(ctx.labels[ctx.train_indices], minlength=len(classes))
+        val = ctx.val_labels
         # published for the report's pictures
-        ctx.published["class_counts"] = published = class_counts(manifest)
-        counts = {split: np.array(published[split]) for split in ("train", "val")}
-        train = counts["train"]
+        ctx.published["class_counts"] = class_counts(ctx.labels[ctx.train_indices], val, classes)
         total = int(train.sum())
         majority = int(train.argmax())
         majority_share = float(train[majority] / total) if total else 0.0
@@ -59,7 +59,15 @@ class DatasetImbalance(Check):
         missing = [classes[c] for c in np.flatnonzero(train == 0)]
         evidence = {
             "train_counts": {classes[c]: int(n) for c, n in enumerate(train)},
-            "val_counts": {classes[c]: int(n) for c, n in enumerate(counts["val"])},
+            **(
+                {
+                    "val_counts": dict(
+                        zip(classes, np.bincount(val, minlength=len(classes)).tolist(), strict=True)
+                    )
+                }
+                if val is not None
+                else {}
+            ),
             "majority_class": classes[majority],
             "majority_share": round(majority_share, 4),
             "imbalance_ratio": round(ratio, 2),
@@ -69,8 +77,16 @@ class DatasetImbalance(Check):
 
         # Data the generator made imbalanced on purpose is fixed by its own knob; a dataset on
         # disk has no config key that rebalances it.
-        synthetic = not ctx.config.data.path and ctx.config.data.synthetic.class_weights
+        config = ctx.config
+        synthetic = (
+            config is not None and not config.data.path and config.data.synthetic.class_weights
+        )
         rebalance = {"data.synthetic.class_weights": []} if synthetic else {}
+        stratified = (
+            config.train.sampler == "stratified"
+            if config is not None
+            else type(ctx.batch_sampler()).__name__ == "StratifiedBatchSampler"
+        )
 
         def finding(
             severity: Severity, title: str, remedy: str, explains=(), patch=None
@@ -80,7 +96,7 @@ class DatasetImbalance(Check):
             )
 
         if majority_share > MAJORITY_SHARE_ERROR:
-            if ctx.config.train.sampler == "stratified":
+            if stratified:
                 consequence = "the stratified sampler must repeat the other classes' few samples"
             else:
                 consequence = "batches are nearly single-class"
@@ -96,7 +112,8 @@ class DatasetImbalance(Check):
             yield finding(
                 Severity.WARNING,
                 f"classes are imbalanced {ratio:.0f}:1 in the training split",
-                "Use the stratified sampler so every batch still holds every class.",
+                "Use a stratified sampler (quad_doctor.StratifiedBatchSampler, or train.sampler = "
+                '"stratified"), so every batch still holds every class.',
             )
         if unpairable:
             yield finding(

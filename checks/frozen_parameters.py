@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator
 from typing import Any
 
+import torch
 from torch import nn
 
 from quad_doctor.checks.base import Check
@@ -84,15 +86,25 @@ class FrozenParameters(Check):
     order = 50
 
     def run(self, ctx: DiagnosisContext) -> Iterator[Finding]:
-        flags = freeze_flags(ctx.config)
+        flags = freeze_flags(ctx.config) if ctx.config is not None else {}
         evidence = self._measure(ctx, flags)
-        yield from self._verdicts(evidence, flags)
+        if ctx.config is not None:
+            yield from self._verdicts(evidence, flags)
+        else:
+            yield from self._user_verdicts(ctx, evidence)
 
     @staticmethod
     def _measure(ctx: DiagnosisContext, flags: dict[str, tuple[str, bool]]) -> dict[str, Any]:
-        """Parameter counts per module and overall, flag mismatches, and optimizer coverage."""
+        """Parameter counts per group and overall, flag mismatches, and optimizer coverage."""
         model = ctx.model
-        modules = {path: parameter_counts(model.get_submodule(path)) for path in flags}
+        groups: dict[str, dict[str, int]] = {}
+        for name, p in model.named_parameters():
+            counts = groups.setdefault(ctx.parameter_group(name), {"trainable": 0, "frozen": 0})
+            counts["trainable" if p.requires_grad else "frozen"] += p.numel()
+        modules = {
+            path: groups.get(path, parameter_counts(model.get_submodule(path))) for path in flags
+        }
+        modules = modules or groups
         totals = parameter_counts(model)
         optimizer = ctx.optimizer
         in_optimizer = {
@@ -108,7 +120,11 @@ class FrozenParameters(Check):
         total = totals["trainable"] + totals["frozen"]
         return {
             "modules": {
-                path: {**counts, "state": module_state(counts), "config_frozen": flags[path][1]}
+                path: {
+                    **counts,
+                    "state": module_state(counts),
+                    **({"config_frozen": flags[path][1]} if path in flags else {}),
+                }
                 for path, counts in modules.items()
             },
             "trainable_parameters": totals["trainable"],
@@ -132,6 +148,75 @@ class FrozenParameters(Check):
             "missing_from_optimizer_values": sum(n for _, n in missing),
             "missing_from_optimizer_names": [name for name, _ in missing[:SHOWN_NAMES]],
         }
+
+    def _user_verdicts(self, ctx: DiagnosisContext, evidence: dict[str, Any]) -> Iterator[Finding]:
+        """Findings for a user's model: code changes, verified on a copy of the setup."""
+        trainable = evidence["trainable_parameters"]
+        total = trainable + evidence["frozen_parameters"]
+        frozen = evidence["frozen_modules"]
+        frozen_values = sum(evidence["modules"][g]["frozen"] for g in frozen)
+
+        def unfreeze(groups: list[str]):
+            def apply(setup):
+                model = copy.deepcopy(setup.model)
+                for name, p in model.named_parameters():
+                    if ctx.parameter_group(name) in groups:
+                        p.requires_grad_(True)
+                optimizer = ctx.optimizer_factory() if ctx.optimizer else _default_optimizer(ctx)
+                return setup.replace(model=model, optimizer=optimizer)
+
+            return apply
+
+        code = "\n".join(f"model.{g}.requires_grad_(True)" for g in frozen)
+        code += "\n# then build the optimizer over every parameter that requires grad"
+        if trainable == 0:
+            yield Finding(
+                self.name,
+                Severity.CRITICAL,
+                f"every parameter is frozen ({total:,}): the loss cannot move at any learning rate",
+                evidence,
+                "Unfreeze the model (requires_grad_(True) on what should learn), then build the "
+                "optimizer over the parameters that require grad.",
+                explains=ALL_FROZEN_EXPLAINS,
+                code_change=code,
+                setup_patch=unfreeze(frozen),
+            )
+        elif frozen:
+            # Freezing a pretrained part is a common, deliberate choice; freezing most of a model
+            # is worth a look.
+            most = frozen_values > total / 2
+            yield Finding(
+                self.name,
+                Severity.WARNING if most else Severity.INFO,
+                f"{len(frozen)} of {len(evidence['modules'])} parameter groups are frozen "
+                f"({frozen_values:,} of {total:,} values): " + ", ".join(frozen),
+                evidence,
+                "If these are not pretrained parts frozen on purpose, unfreeze them: a frozen "
+                "random layer is a fixed random feature extractor.",
+                explains=FROZEN_ENCODERS_EXPLAIN if most else (),
+                code_change=code,
+                setup_patch=unfreeze(frozen),
+            )
+        missing = evidence["missing_from_optimizer_tensors"]
+        if missing and ctx.optimizer is not None:
+            kind = evidence["optimizer"]
+
+            def cover_all(setup):
+                return setup.replace(optimizer=ctx.optimizer_factory())
+
+            yield Finding(
+                self.name,
+                Severity.ERROR,
+                f"{missing} trainable parameter tensor(s) "
+                f"({evidence['missing_from_optimizer_values']:,} values) are missing from the "
+                "optimizer: they get gradients and never change",
+                evidence,
+                "Build the optimizer after setting requires_grad, over every parameter that "
+                "requires it; rebuild it whenever modules are unfrozen.",
+                code_change=f"optimizer = torch.optim.{kind}("
+                "[p for p in model.parameters() if p.requires_grad], ...)",
+                setup_patch=cover_all,
+            )
 
     def _verdicts(
         self, evidence: dict[str, Any], flags: dict[str, tuple[str, bool]]
@@ -217,3 +302,11 @@ class FrozenParameters(Check):
             f"{advice}. No freeze flag is on, so the model code freezes them itself: see the "
             "mismatch finding."
         )
+
+
+def _default_optimizer(ctx: DiagnosisContext):
+    """With nothing trainable there is no optimizer to copy: the setup's own factory, or AdamW."""
+    given = ctx.setup.optimizer
+    if callable(given) and not isinstance(given, torch.optim.Optimizer):
+        return given
+    return lambda params: torch.optim.AdamW([p for p in params if p.requires_grad])

@@ -6,16 +6,12 @@ import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
 from quad_doctor.checks.base import Check, SkipCheck
-from quad_doctor.context import DiagnosisContext, isolated_rng
-from quad_doctor.findings import Finding, Severity
-from quad_doctor.trainer.config import MODALITIES
-from quad_doctor.trainer.dataset import Batch
-from quad_doctor.trainer.losses import SupConLoss
+from quad_doctor.context import DiagnosisContext, StepBatch, isolated_rng, streams_of
+from quad_doctor.findings import Finding, Severity, significant
 
 # Measured numbers below: the embedded default (1500 samples), seeds 0-2 x batch 16/32/64, unless
 # said otherwise.
@@ -61,43 +57,14 @@ VANISHING_GRAD_RMS = 1e-9
 # Vanishing: a module's gradient norm next to the largest module's. Healthy: >= 0.014;
 # `model.fusion.dim=2`: encoders ~1e-6 of the fusion's.
 VANISHING_RELATIVE = 1e-4
-# Significant digits kept in the evidence.
-DIGITS = 3
 
 
-def module_of(parameter_name: str) -> str:
-    """The module a parameter belongs to: `encoders.<modality>.backbone|head` or `fusion`."""
-    parts = parameter_name.split(".")
-    return ".".join(parts[:3]) if parts[0] == "encoders" else parts[0]
-
-
-def _modality_of(module: str) -> str | None:
-    """`audio` for `encoders.audio.backbone`; None for the fusion."""
-    parts = module.split(".")
-    return parts[1] if parts[0] == "encoders" else None
-
-
-def ideal_supcon_loss(labels: Tensor, temperature: float) -> float:
-    """SupCon's loss when every class sits on its own vertex of a regular simplex.
-
-    Positives then have cosine 1 and negatives -1/(K-1), so anchor i with P positives and N
-    negatives costs ln(P + N exp((s - 1)/tau)); unlike ln(P) this accounts for the temperature.
-    NaN when no anchor has a positive.
-    """
-    values = labels.cpu().numpy()
-    classes, inverse, counts = np.unique(values, return_inverse=True, return_counts=True)
-    positives = counts[inverse] - 1
-    negatives = len(values) - 1 - positives
-    has_positive = positives > 0
-    if not has_positive.any():
-        return math.nan
-    cosine = -1.0 / (len(classes) - 1) if len(classes) > 1 else 1.0
-    per_anchor = np.log(positives + negatives * math.exp((cosine - 1.0) / temperature))
-    return float(per_anchor[has_positive].mean())
-
-
-def _sig(value: float) -> float:
-    return float(f"{value:.{DIGITS}g}")
+def _stream_of(module: str, streams: list[str]) -> str | None:
+    """The input stream a parameter group serves, when its name says (`audio` for
+    `encoders.audio.backbone` or `audio_encoder`); None for shared parts such as the fusion."""
+    parts = module.replace("_", ".").split(".")
+    named = [s for s in streams if s in parts]
+    return named[0] if len(named) == 1 else None
 
 
 @dataclass
@@ -107,7 +74,7 @@ class NonFinite:
     at: str  # "trainer batch 0", "overfit step 3"
     loss: float
     modules: list[str]
-    inputs: list[str]  # modalities whose input tensor holds NaN/Inf
+    inputs: list[str]  # streams whose input tensor holds NaN/Inf
 
 
 @dataclass
@@ -136,6 +103,8 @@ class OverfitEvidence:
     losses: list[float] = field(default_factory=list)
     ideal_loss: float = math.nan
     modality_attribution: dict[str, float] = field(default_factory=dict)
+    streams: list[str] = field(default_factory=list)
+    attribution: str = "encodings"  # or "ablation": the loss change when a stream is shuffled
     non_finite: NonFinite | None = None
 
     @property
@@ -195,11 +164,11 @@ class GradientFlow(Check):
     def run(self, ctx: DiagnosisContext) -> Iterator[Finding]:
         if ctx.optimizer is None:
             raise SkipCheck("no trainable parameters")
-        with isolated_rng(ctx.config.train.seed, ctx.device):
+        with isolated_rng(ctx.seed, ctx.device):
             probe = self._probe(ctx)
             overfit = self._overfit(ctx)
         # for the report's pictures: the largest gradient norm of each module over the probe
-        ctx.published["gradient_norms"] = {m: _sig(v) for m, v in probe.grad_norm.items()}
+        ctx.published["gradient_norms"] = {m: significant(v) for m, v in probe.grad_norm.items()}
         yield from self._findings(ctx, probe, overfit)
 
     # -- measurement -----------------------------------------------------------------------------
@@ -220,28 +189,26 @@ class GradientFlow(Check):
         params = {name: p for name, p in model.named_parameters() if p.requires_grad}
         for index, rows in enumerate(ctx.epoch_batches()[:PROBE_STEPS]):
             batch = ctx.batch(rows)
-            output = ctx.loss_fn(
-                model(batch.video, batch.audio, batch.sensor, batch.text), batch.labels
-            )
+            loss = ctx.step_loss(model, batch)
             evidence.steps += 1
-            evidence.losses.append(output.loss.item())
-            if output.num_anchors == 0:
-                evidence.anchorless_steps += 1  # sampler-class-mix reports such batches
+            evidence.losses.append(loss.item())
+            if loss.item() == 0.0:
+                evidence.anchorless_steps += 1  # e.g. SupCon without a positive pair
                 continue
-            if not output.loss.requires_grad:
+            if not loss.requires_grad:
                 evidence.disconnected = True
                 break
             evidence.non_finite = _backward(
-                optimizer, params, output.loss, batch, f"trainer batch {index}"
+                ctx, optimizer, params, loss, batch, f"trainer batch {index}"
             )
             if evidence.non_finite is not None:
                 break
-            if evidence.no_gradient is None:  # the first batch that gives SupCon something to do
-                evidence.no_gradient = _without_gradient(params)
-            norms = _grad_norms(params)
+            if evidence.no_gradient is None:  # the first batch that gives the loss something to do
+                evidence.no_gradient = _without_gradient(ctx, params)
+            norms = _grad_norms(ctx, params)
             before = {name: p.detach().clone() for name, p in params.items()}
             optimizer.step()
-            ratios = _update_ratios(params, before)
+            ratios = _update_ratios(ctx, params, before)
             evidence.global_grad_norms.append(math.sqrt(sum(n**2 for n, _ in norms.values())))
             for module, (norm, rms) in norms.items():
                 evidence.grad_norm[module] = max(norm, evidence.grad_norm.get(module, 0.0))
@@ -257,35 +224,50 @@ class GradientFlow(Check):
         model = ctx.model_copy().train()
         params = {name: p for name, p in model.named_parameters() if p.requires_grad}
         optimizer = torch.optim.Adam(params.values(), lr=OVERFIT_LR)
-        batch = ctx.batch(ctx.mixed_batch_rows)
-        loss_fn: SupConLoss = ctx.loss_fn
-        evidence = OverfitEvidence(ideal_loss=ideal_supcon_loss(batch.labels, loss_fn.temperature))
-        attribution = dict.fromkeys(MODALITIES, 0.0)
+        batch = ctx.batch(ctx.mixed_batch_indices)
+        bounds = ctx.loss_bounds(batch.labels.cpu().numpy())
+        evidence = OverfitEvidence(
+            ideal_loss=bounds.floor_at_norm if bounds is not None else math.nan,
+            streams=list(streams_of(batch.inputs)),
+        )
+        # The quadmodal model exposes its encodings: attribute the loss to them (calibrated).
+        # Any other model: shuffle one stream across the batch and see how far the loss moves.
+        encodes = hasattr(model, "encode") and hasattr(model, "fusion")
+        encodes = encodes and isinstance(batch.inputs, dict)
+        evidence.attribution = "encodings" if encodes else "ablation"
+        attribution = dict.fromkeys(evidence.streams, 0.0)
         for step in range(OVERFIT_MAX_STEPS):
-            encodings = model.encode(batch.video, batch.audio, batch.sensor, batch.text)
-            for name, encoding in encodings.items():
-                if encoding.requires_grad:
-                    encoding.retain_grad()
-                else:  # a fully frozen encoder: a leaf still shows how the loss depends on it
-                    encodings[name] = encoding.detach().requires_grad_()
-            output = loss_fn(model.fusion(encodings), batch.labels)
-            if output.num_anchors == 0:
-                break  # a batch too small for a positive pair: sampler-class-mix says so
+            if encodes:
+                with ctx.autocast():
+                    encodings = model.encode(**batch.inputs)
+                    for name, encoding in encodings.items():
+                        if encoding.requires_grad:
+                            encoding.retain_grad()
+                        else:  # a frozen encoder: a leaf still shows how the loss depends on it
+                            encodings[name] = encoding.detach().requires_grad_()
+                    loss = ctx.loss(model.fusion(encodings), batch.labels)
+            else:
+                loss = ctx.step_loss(model, batch)
+            if loss.item() == 0.0:
+                break  # nothing to fit (a batch without a positive pair): sampler-class-mix says so
             evidence.steps += 1
-            evidence.losses.append(output.loss.item())
-            if not output.loss.requires_grad:
+            evidence.losses.append(loss.item())
+            if not loss.requires_grad:
                 break  # nothing to fit with; the probe reports the disconnected loss
             evidence.non_finite = _backward(
-                optimizer, params, output.loss, batch, f"overfit step {step}"
+                ctx, optimizer, params, loss, batch, f"overfit step {step}"
             )
             if evidence.non_finite is not None:
                 break
-            for name, encoding in encodings.items():
-                centred = encoding.detach() - encoding.detach().mean(dim=0)
-                attribution[name] += float((encoding.grad * centred).sum(dim=1).abs().sum())
+            if encodes:
+                for name, encoding in encodings.items():
+                    centred = encoding.detach() - encoding.detach().mean(dim=0)
+                    attribution[name] += float((encoding.grad * centred).sum(dim=1).abs().sum())
             optimizer.step()
             if evidence.progress >= OVERFIT_MIN_PROGRESS:
                 break
+        if not encodes and evidence.steps and evidence.non_finite is None:
+            attribution = _ablation(ctx, model, batch)
         evidence.modality_attribution = attribution
         return evidence
 
@@ -313,14 +295,16 @@ class GradientFlow(Check):
             )
             return
         shares = overfit.modality_share
-        dead = [m for m in MODALITIES if m in shares and shares[m] < DEAD_MODALITY_SHARE]
+        streams = overfit.streams
+        dead = [m for m in streams if m in shares and shares[m] < DEAD_MODALITY_SHARE]
+        dead = dead if len(streams) > 1 else []
         no_gradient = probe.no_gradient or {}
         # A dead stream's first layer sees the same input for every sample and may get exactly
         # zero gradient; the dead-modality finding below covers it.
         missing = {
             module: names
             for module, names in no_gradient.items()
-            if _modality_of(module) not in dead
+            if _stream_of(module, streams) not in dead
         }
         if missing:
             yield self._missing(missing, evidence)
@@ -329,7 +313,7 @@ class GradientFlow(Check):
         yield from self._exploding(ctx, probe, evidence)
         yield from self._vanishing(probe, evidence)
         for modality in dead:
-            yield self._dead(modality, shares, no_gradient, evidence)
+            yield self._dead(modality, shares, no_gradient, evidence, streams)
 
     def _non_finite(self, where: NonFinite, evidence: dict[str, object]) -> Finding:
         inputs = ", ".join(where.inputs)
@@ -341,8 +325,8 @@ class GradientFlow(Check):
             )
         else:
             remedy = (
-                "The inputs are finite, so the forward or backward pass overflows: lower "
-                "train.learning_rate, keep model.fusion.l2_normalize on, and look for a log, "
+                "The inputs are finite, so the forward or backward pass overflows: lower the "
+                "learning rate, normalise the outputs the loss compares, and look for a log, "
                 "division or exp of an unbounded value."
             )
         return Finding(
@@ -373,7 +357,8 @@ class GradientFlow(Check):
             },
             remedy="These parameters are trained but the loss does not reach them: something "
             "between them and the loss is detached or unused. Reconnect it, or freeze them on "
-            "purpose (model.<modality>.freeze_backbone / freeze_head, model.fusion.freeze).",
+            "purpose (requires_grad_(False); here model.<modality>.freeze_backbone / "
+            "freeze_head, model.fusion.freeze).",
         )
 
     def _overfit_fails(self, overfit: OverfitEvidence, evidence: dict[str, object]) -> Finding:
@@ -410,7 +395,7 @@ class GradientFlow(Check):
             )
         largest = max(probe.global_grad_norms, default=0.0)
         if largest > EXPLODING_GRAD_NORM:
-            unnormalised = not ctx.config.model.fusion.l2_normalize
+            unnormalised = ctx.config is not None and not ctx.config.model.fusion.l2_normalize
             yield Finding(
                 check=self.name,
                 severity=Severity.ERROR,
@@ -451,9 +436,10 @@ class GradientFlow(Check):
         shares: dict[str, float],
         no_gradient: dict[str, list[str]],
         evidence: dict[str, object],
+        streams: list[str],
     ) -> Finding:
-        fair = 1.0 / len(MODALITIES)
-        zero = sorted(m for m in no_gradient if _modality_of(m) == modality)
+        fair = 1.0 / len(streams)
+        zero = sorted(m for m in no_gradient if _stream_of(m, streams) == modality)
         return Finding(
             check=self.name,
             severity=Severity.WARNING,
@@ -472,11 +458,12 @@ def _evidence(probe: ProbeEvidence, overfit: OverfitEvidence) -> dict[str, objec
         "probe_steps": probe.steps,
         "probe_lr": probe.lr,
         "lr_at_step_0": probe.lr_at_step_0,
-        "probe_losses": [_finite_or_none(_sig(x)) for x in probe.losses],
-        "global_grad_norms": [_sig(x) for x in probe.global_grad_norms],
-        "grad_norm_by_module": {m: _sig(v) for m, v in probe.grad_norm.items()},
-        "update_ratio_by_module": {m: _sig(v) for m, v in probe.update_ratio.items()},
+        "probe_losses": [_finite_or_none(significant(x)) for x in probe.losses],
+        "global_grad_norms": [significant(x) for x in probe.global_grad_norms],
+        "grad_norm_by_module": {m: significant(v) for m, v in probe.grad_norm.items()},
+        "update_ratio_by_module": {m: significant(v) for m, v in probe.update_ratio.items()},
         "modality_share": {m: round(v, 4) for m, v in overfit.modality_share.items()},
+        "modality_share_from": overfit.attribution,
         "overfit_lr": OVERFIT_LR,
         "overfit_steps": overfit.steps,
         "overfit_loss_start": _finite_or_none(overfit.losses[0]) if overfit.losses else None,
@@ -490,53 +477,90 @@ def _finite_or_none(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def _grad_norms(params: dict[str, nn.Parameter]) -> dict[str, tuple[float, float]]:
-    """Per module: the gradient's L2 norm and its per-element RMS (missing gradients count 0)."""
+def _grad_norms(
+    ctx: DiagnosisContext, params: dict[str, nn.Parameter]
+) -> dict[str, tuple[float, float]]:
+    """Per group: the gradient's L2 norm and its per-element RMS (missing gradients count 0)."""
     squares: dict[str, float] = {}
     sizes: dict[str, int] = {}
     for name, p in params.items():
-        module = module_of(name)
+        module = ctx.parameter_group(name)
         if p.grad is not None:
-            squares[module] = squares.get(module, 0.0) + float(p.grad.detach().square().sum())
+            squares[module] = squares.get(module, 0.0) + float(
+                p.grad.detach().float().square().sum()
+            )
         else:
             squares.setdefault(module, 0.0)
         sizes[module] = sizes.get(module, 0) + p.numel()
     return {m: (math.sqrt(s), math.sqrt(s / sizes[m])) for m, s in squares.items()}
 
 
-def _update_ratios(params: dict[str, nn.Parameter], before: dict[str, Tensor]) -> dict[str, float]:
-    """Per module: ||w_after - w_before|| / ||w_before||."""
+def _update_ratios(
+    ctx: DiagnosisContext, params: dict[str, nn.Parameter], before: dict[str, Tensor]
+) -> dict[str, float]:
+    """Per group: ||w_after - w_before|| / ||w_before||."""
     moved: dict[str, float] = {}
     size: dict[str, float] = {}
     for name, p in params.items():
-        module = module_of(name)
-        moved[module] = moved.get(module, 0.0) + float((p.detach() - before[name]).square().sum())
-        size[module] = size.get(module, 0.0) + float(before[name].square().sum())
+        module = ctx.parameter_group(name)
+        change = (p.detach() - before[name]).float()
+        moved[module] = moved.get(module, 0.0) + float(change.square().sum())
+        size[module] = size.get(module, 0.0) + float(before[name].float().square().sum())
     # an all-zero module (zero-initialised on purpose) has no ratio
     return {m: math.sqrt(moved[m] / size[m]) for m in moved if size[m] > 0}
 
 
+def _ablation(ctx: DiagnosisContext, model: nn.Module, batch: StepBatch) -> dict[str, float]:
+    """How far the loss moves when one stream is shuffled across the batch (each sample gets
+    another's), the rest kept: 0 for a stream the model cannot tell samples apart by."""
+    streams = streams_of(batch.inputs)
+    shift = torch.roll(torch.arange(len(batch)), 1).to(ctx.device)
+    with torch.no_grad():
+        base = float(ctx.step_loss(model, batch))
+        moved = {}
+        for name in streams:
+            shuffled = _replace_stream(batch.inputs, name, streams[name][shift])
+            loss = float(ctx.step_loss(model, StepBatch(shuffled, batch.labels, batch.indices)))
+            moved[name] = abs(loss - base) if math.isfinite(loss) else 0.0
+    return moved
+
+
+def _replace_stream(inputs, name: str, value: Tensor):
+    """`inputs` with the stream called `name` (see `streams_of`) replaced by `value`."""
+    if isinstance(inputs, Tensor):
+        return value
+    if isinstance(inputs, dict):
+        return {**inputs, name: value}
+    index = int(name[len("input[") : -1])
+    items = list(inputs)
+    items[index] = value
+    return type(inputs)(items)
+
+
 def _backward(
+    ctx: DiagnosisContext,
     optimizer: torch.optim.Optimizer,
     params: dict[str, nn.Parameter],
     loss: Tensor,
-    batch: Batch,
+    batch: StepBatch,
     where: str,
 ) -> NonFinite | None:
     """Backpropagate `loss` into fresh gradients; where NaN/Inf appeared, if anywhere."""
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    bad = _non_finite_modules(params, loss)
+    bad = _non_finite_modules(ctx, params, loss)
     if bad is None:
         return None
     return NonFinite(where, loss.item(), bad, _non_finite_inputs(batch))
 
 
-def _non_finite_modules(params: dict[str, nn.Parameter], loss: Tensor) -> list[str] | None:
-    """Modules with a NaN/Inf gradient, or None when the loss and every gradient are finite."""
+def _non_finite_modules(
+    ctx: DiagnosisContext, params: dict[str, nn.Parameter], loss: Tensor
+) -> list[str] | None:
+    """Groups with a NaN/Inf gradient, or None when the loss and every gradient are finite."""
     bad = sorted(
         {
-            module_of(name)
+            ctx.parameter_group(name)
             for name, p in params.items()
             if p.grad is not None and not bool(torch.isfinite(p.grad).all())
         }
@@ -546,15 +570,21 @@ def _non_finite_modules(params: dict[str, nn.Parameter], loss: Tensor) -> list[s
     return None
 
 
-def _non_finite_inputs(batch: Batch) -> list[str]:
-    """Modalities whose input tensor in `batch` holds NaN/Inf."""
-    return [m for m in MODALITIES if not bool(torch.isfinite(getattr(batch, m)).all())]
+def _non_finite_inputs(batch: StepBatch) -> list[str]:
+    """Streams whose input tensor in `batch` holds NaN/Inf."""
+    return [
+        name
+        for name, value in streams_of(batch.inputs).items()
+        if value.is_floating_point() and not bool(torch.isfinite(value).all())
+    ]
 
 
-def _without_gradient(params: dict[str, nn.Parameter]) -> dict[str, list[str]]:
-    """Trainable parameters whose gradient is missing or exactly zero, by module."""
+def _without_gradient(
+    ctx: DiagnosisContext, params: dict[str, nn.Parameter]
+) -> dict[str, list[str]]:
+    """Trainable parameters whose gradient is missing or exactly zero, by group."""
     missing: dict[str, list[str]] = {}
     for name, p in params.items():
         if p.grad is None or not bool(p.grad.any()):
-            missing.setdefault(module_of(name), []).append(name)
+            missing.setdefault(ctx.parameter_group(name), []).append(name)
     return missing

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 
 from quad_doctor.checks.base import Check, SkipCheck
@@ -84,13 +85,34 @@ class LRRangeTest(Check):
         if test.verdict == "ok":
             return
         suggested, warmup = evidence["suggested_lr"], evidence["warmup_start_lr"]
-        patch = {"train.learning_rate": suggested, "train.warmup_start_lr": warmup}
-        if ctx.config.train.min_lr > warmup:
-            patch["train.min_lr"] = warmup
-        remedy = (
-            f"Set train.learning_rate to {suggested:.2g} (the valley's middle) and warm up from "
-            f"{warmup:.2g}."
-        )
+        patch: dict[str, object] = {}
+        code, setup_patch = "", None
+        if ctx.config is not None:
+            patch = {"train.learning_rate": suggested, "train.warmup_start_lr": warmup}
+            if ctx.config.train.min_lr > warmup:
+                patch["train.min_lr"] = warmup
+            remedy = (
+                f"Set train.learning_rate to {suggested:.2g} (the valley's middle) and warm up "
+                f"from {warmup:.2g}."
+            )
+        else:
+            remedy = (
+                f"Use lr={suggested:.2g} (the valley's middle) and, with a warm-up, start it at "
+                f"{warmup:.2g}."
+            )
+            kind = type(ctx.optimizer).__name__
+            code = f"optimizer = torch.optim.{kind}(params, lr={suggested:.2g}, ...)"
+            scheduler = ctx.setup.scheduler
+            if scheduler is None or not hasattr(scheduler, "step"):
+                factory = ctx.optimizer_factory(suggested)
+
+                def setup_patch(setup):
+                    return setup.replace(optimizer=factory)
+            else:
+                remedy += (
+                    " (Not verified: the scheduler instance is bound to the current optimizer; "
+                    "pass a factory `optimizer -> scheduler` to let the doctor try the change.)"
+                )
         lr = test.configured_lr
         # a valley a step or two wide, or shallow against the noise, suggests but does not judge
         confident = test.reliability != "low"
@@ -105,26 +127,43 @@ class LRRangeTest(Check):
                 evidence,
                 remedy,
                 patch,
+                code_change=code,
+                setup_patch=setup_patch,
             )
             return
         evidence["training_movement"] = published["training_movement"]
         evidence["sweep_movement"] = published["sweep_movement"]
+        evidence["movement_measure"] = published["movement_measure"]
+        if test.too_low_because == "decades":
+            bottom = test.valley["bottom_lr"]
+            title = (
+                f"learning_rate {lr:.2g} is too low: it lies {math.log10(bottom / lr):.1f} "
+                f"decades under the valley's bottom ({bottom:.2g}); it falls best around "
+                f"{suggested:.2g}"
+            )
+        else:
+            bound = "at most " if not test.sweep.movement else ""
+            title = (
+                f"learning_rate {lr:.2g} is too low: the whole schedule moves the weights by "
+                f"{bound}{test.training_movement:.2g}, while the sweep's loss began to fall only "
+                f"after {test.sweep_movement:.2g}; it falls best around {suggested:.2g}"
+            )
         yield Finding(
             self.name,
             Severity.WARNING if confident else Severity.INFO,
-            f"learning_rate {lr:.2g} is too low: the whole schedule moves a weight by at most "
-            f"{test.training_movement:.2g}, while the sweep's loss began to fall only after "
-            f"{test.sweep_movement:.2g}; it falls best around {suggested:.2g}",
+            title,
             evidence,
             remedy,
             patch,
+            code_change=code,
+            setup_patch=setup_patch,
         )
 
     def _not_lr(self, test: RangeTest, evidence: dict, ctx: DiagnosisContext) -> Finding:
         sweep = test.sweep
         evidence["single_class_batches"] = f"{sweep.single_class_batches}/{sweep.batches}"
         evidence["batches_without_positives"] = f"{sweep.batches_without_positives}/{sweep.batches}"
-        size = ctx.config.train.batch_size
+        size = len(ctx.epoch_batches()[0])
         span = evidence["swept"]
         if sweep.stop_reason == "nan" and len(sweep.lr) < 3:
             title = f"the loss is NaN/Inf from the first steps, at lr {sweep.first_lr:.2g}"
@@ -137,7 +176,7 @@ class LRRangeTest(Check):
         elif sweep.batches and sweep.single_class_batches * 2 > sweep.batches:
             title = (
                 f"the loss does not respond to the learning rate: across {span} the held-out loss "
-                f"never falls below ln({size - 1}) = {sweep.collapse_value:.4f}; "
+                f"never falls below {collapse_name(size, sweep.collapse_value)}; "
                 f"{sweep.single_class_batches} of the {sweep.batches} batches the sweep trained "
                 "on hold one class"
             )
@@ -160,3 +199,10 @@ class LRRangeTest(Check):
             return Finding(self.name, Severity.WARNING, title, evidence, remedy)
         evidence["cause"] = cause
         return Finding(self.name, Severity.ERROR, title, evidence, remedy)
+
+
+def collapse_name(batch_size: int, collapse: float) -> str:
+    """`ln(31) = 3.4340` when the measured collapse value is SupCon's ln(B-1), else the value."""
+    if batch_size > 2 and abs(collapse - math.log(batch_size - 1)) < 1e-3:
+        return f"ln({batch_size - 1}) = {collapse:.4f}"
+    return f"its collapse value {collapse:.4f}"

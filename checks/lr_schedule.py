@@ -83,28 +83,31 @@ class LRScheduleCheck(Check):
 
     def run(self, ctx: DiagnosisContext) -> Iterator[Finding]:
         evidence = self._measure(ctx)
-        yield from self._verdicts(evidence, ctx.config.train)
+        if ctx.config is not None:
+            yield from self._verdicts(evidence, ctx.config.train)
+        else:
+            yield from self._user_verdicts(ctx, evidence)
 
     @staticmethod
     def _measure(ctx: DiagnosisContext) -> dict[str, Any]:
         """The applied schedule and the movement bound it gives against the weights' scale."""
         scale = ctx.weight_scale
-        if scale is None:
+        if scale is None or ctx.optimizer is None:
             raise SkipCheck("no parameter is trainable, so no learning rate applies")
-        config = ctx.config.train
         schedule = ctx.schedule
         lrs = np.array(schedule.all_steps())
-        warmup_steps = schedule.warmup_steps if config.lr_scheduler == "cosine_warmup" else 0
-        adam = config.optimizer == "adamw"
+        adam = ctx.adaptive
+        peak = ctx.learning_rate
         sum_lr = float(lrs.sum())
         return {
-            "lr_scheduler": config.lr_scheduler,
-            "optimizer": config.optimizer,
+            "lr_scheduler": ctx.config.train.lr_scheduler if ctx.config else schedule.scheduler,
+            "optimizer": ctx.config.train.optimizer if ctx.config else type(ctx.optimizer).__name__,
+            "adaptive_optimizer": adam,
             "total_steps": schedule.total_steps,
             "steps_per_epoch": schedule.steps_per_epoch,
-            "warmup_steps": warmup_steps,
+            "warmup_steps": schedule.warmup_steps,
             "warmup_start_lr": float(lrs[0]),
-            "peak_lr": config.learning_rate,
+            "peak_lr": peak,
             "max_applied_lr": float(lrs.max()),
             "end_lr": float(lrs[-1]),
             "sum_lr": float(f"{sum_lr:.4g}"),
@@ -112,18 +115,76 @@ class LRScheduleCheck(Check):
             # Adam(W) only: SGD's step is lr × gradient, which this check does not measure.
             "relative_movement": float(f"{sum_lr / scale:.3g}") if adam else None,
             "peak_relative_movement": (
-                float(f"{config.learning_rate * schedule.total_steps / scale:.3g}")
-                if adam
-                else None
+                float(f"{peak * schedule.total_steps / scale:.3g}") if adam else None
             ),
-            "peak_step_fraction": float(f"{config.learning_rate / scale:.3g}") if adam else None,
+            "peak_step_fraction": float(f"{peak / scale:.3g}") if adam else None,
             "schedule": sampled_schedule(lrs),
+            **({"schedule_note": schedule.note} if schedule.note else {}),
+            **({"epochs": "not given: one epoch judged"} if not ctx.setup.epochs else {}),
         }
+
+    def _user_verdicts(self, ctx: DiagnosisContext, evidence: dict[str, Any]) -> Iterator[Finding]:
+        """The same judgements for a user's optimizer and scheduler, as code changes."""
+        peak = evidence["peak_lr"]
+        bad_peak = self._peak_verdict(evidence, peak)
+        if bad_peak is not None:
+            severity, title = bad_peak
+            title = title.replace("learning_rate", "the learning rate")
+
+            def recommended(setup):
+                return setup.replace(optimizer=ctx.optimizer_factory(RECOMMENDED_LEARNING_RATE))
+
+            rescheduled = ctx.setup.scheduler is not None
+            yield Finding(
+                self.name,
+                severity,
+                title,
+                evidence,
+                f"Use lr={RECOMMENDED_LEARNING_RATE:g} (a common AdamW fine-tuning rate), then "
+                "confirm it with the lr-range-test.",
+                explains=("lr-range-test",),
+                code_change=f"optimizer = torch.optim.{type(ctx.optimizer).__name__}(params, "
+                f"lr={RECOMMENDED_LEARNING_RATE:g}, ...)",
+                # a scheduler instance is bound to the old optimizer: not applied automatically
+                setup_patch=None if rescheduled else recommended,
+            )
+        total = evidence["total_steps"]
+        if evidence["warmup_steps"] >= total and total > 1:
+            yield Finding(
+                self.name,
+                Severity.ERROR,
+                f"the schedule is still rising at the last of {total:,} steps: warm-up never ends "
+                f"and the peak {peak:g} is never reached (it ends at {evidence['end_lr']:.3g})",
+                evidence,
+                "Make the warm-up a tenth to a third of training: its length is counted in the "
+                "scheduler's steps (optimizer steps when it is stepped every batch, epochs when "
+                "every epoch), a common slip when switching between the two.",
+                code_change=f"warmup_steps = {max(1, round(total * WARMUP_SHARE))}  "
+                f"# a tenth of the {total:,} steps",
+            )
+        if evidence["warmup_start_lr"] > peak * (1 + 1e-9):
+            yield Finding(
+                self.name,
+                Severity.ERROR,
+                f"the schedule starts at {evidence['warmup_start_lr']:g}, above the peak learning "
+                f"rate {peak:g}: the warm-up lowers the learning rate",
+                evidence,
+                f"Start the warm-up below the peak (e.g. at {peak / BELOW_PEAK:g}).",
+            )
+        if evidence["end_lr"] > peak * (1 + 1e-9):
+            yield Finding(
+                self.name,
+                Severity.ERROR,
+                f"the schedule ends at {evidence['end_lr']:g}, above the peak learning rate "
+                f"{peak:g}: the decay raises the learning rate",
+                evidence,
+                f"Decay below the peak (e.g. to {peak / BELOW_PEAK:g}).",
+            )
 
     def _verdicts(self, evidence: dict[str, Any], config: TrainConfig) -> Iterator[Finding]:
         peak = config.learning_rate
         cosine = config.lr_scheduler == "cosine_warmup"
-        warmup_applies = cosine and evidence["warmup_steps"] > 0
+        warmup_applies = cosine and config.warmup_epochs > 0
         start_above = warmup_applies and config.warmup_start_lr > peak
         # judged even when a warm-up as long as training hides the decay: its repair exposes it
         floor_above = cosine and config.min_lr > peak
@@ -191,7 +252,7 @@ class LRScheduleCheck(Check):
 
     @staticmethod
     def _peak_verdict(evidence: dict[str, Any], peak: float) -> tuple[Severity, str] | None:
-        if evidence["optimizer"] != "adamw":
+        if not evidence["adaptive_optimizer"]:
             return None  # SGD's step size depends on the gradient; only the shape is judged
         movement = evidence["peak_relative_movement"]
         step = evidence["peak_step_fraction"]

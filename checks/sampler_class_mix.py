@@ -64,32 +64,45 @@ class SamplerClassMix(Check):
     order = 30
 
     def run(self, ctx: DiagnosisContext) -> Iterator[Finding]:
-        labels = ctx.manifest.labels
-        classes = int(np.count_nonzero(np.bincount(labels[ctx.train_rows])))
+        labels = ctx.labels
+        classes = int(np.count_nonzero(np.bincount(labels[ctx.train_indices])))
         batches, ranks = ctx.contrast_batches()
+        sampler = ctx.config.train.sampler if ctx.config is not None else sampler_name(ctx)
         # for the report's pictures: classes per batch over the epoch, the first batches' mix
-        width = len(ctx.manifest.class_names)
+        width = len(ctx.class_names)
         ctx.published["sampler_batches"] = {
-            "sampler": ctx.config.train.sampler,
+            "sampler": sampler,
             "classes_per_batch": [len(np.unique(b)) for b in batches],
             "first_batches": [
                 np.bincount(b, minlength=width).tolist() for b in batches[:PICTURED_BATCHES]
             ],
         }
-        finding = class_mix_finding(batches, ctx.config, classes, **ranks)
+        finding = class_mix_finding(
+            batches, ctx.config, classes, user=None if ctx.config else ctx, **ranks
+        )
         if finding is not None:
             yield finding
 
 
+def sampler_name(ctx: DiagnosisContext) -> str:
+    """The user's batch sampler's class, as a person names it."""
+    return type(ctx.batch_sampler()).__name__
+
+
 def class_mix_finding(
-    batches: list[np.ndarray], config: Config, num_classes: int, **evidence: object
+    batches: list[np.ndarray],
+    config: Config | None,
+    num_classes: int,
+    user: DiagnosisContext | None = None,
+    **evidence: object,
 ) -> Finding | None:
     """The sampler-class-mix finding for these batches' labels, or None when their mix is fine.
 
     Shared by the pre-flight check (a whole epoch of the sampler) and the live doctor (the
-    batches training really saw); `evidence` adds where the batches came from.
+    batches training really saw); `evidence` adds where the batches came from. The remedy is a
+    config patch for the embedded trainer (`config`), a verified code change for a user's setup
+    (`user`, its context).
     """
-    train = config.train
     classes_per_batch = np.array([len(np.unique(b)) for b in batches])
     positives = np.concatenate([positives_per_anchor(b) for b in batches])
     single_class_share = float(np.mean(classes_per_batch == 1))
@@ -104,15 +117,22 @@ def class_mix_finding(
     if ranks and single_class_share > 0:
         where = "gathered over all ranks" if evidence.get("gather_features") else "on each rank"
         title = f"ranks {', '.join(map(str, ranks))}: {title} ({where})"
-    patch, remedy = _remedy(config, num_classes)
+    batch_size = config.train.batch_size if config is not None else size
+    patch: dict[str, object] = {}
+    code = ""
+    setup_patch = None
+    if config is not None:
+        patch, remedy = _remedy(config, num_classes)
+    else:
+        remedy, code, setup_patch = _user_remedy(user, num_classes, batch_size)
     return Finding(
         check=SamplerClassMix.name,
         severity=severity,
         title=title,
         evidence={
-            "sampler": train.sampler,
+            "sampler": config.train.sampler if config is not None else sampler_name(user),
             "batches": len(batches),
-            "batch_size": train.batch_size,
+            "batch_size": batch_size,
             **evidence,
             "first_batches": [
                 batch_label_line(i, b) for i, b in enumerate(batches[:SHOWN_BATCHES])
@@ -130,6 +150,8 @@ def class_mix_finding(
         # Only a sampler that leaves SupCon nothing to learn explains a flat loss and LR curve
         # (and, live, the collapsed embeddings and the loss pinned at ln(B-1)).
         explains=CRITICAL_EXPLAINS if severity is Severity.CRITICAL else (),
+        code_change=code,
+        setup_patch=setup_patch,
     )
 
 
@@ -172,3 +194,41 @@ def _remedy(config: Config, num_classes: int) -> tuple[dict[str, object], str]:
             "can have two samples (one positive pair) in every batch."
         )
     return patch, " ".join(remedies)
+
+
+def _user_remedy(ctx: DiagnosisContext, num_classes: int, batch_size: int):
+    """The code change for a user's sampler, and how to apply it to a copy of their setup."""
+    size = max(batch_size, 2 * num_classes)
+    code = (
+        "train_loader = DataLoader(dataset, batch_sampler=quad_doctor.StratifiedBatchSampler("
+        f"labels, batch_size={size}), ...)"
+    )
+    remedy = (
+        "Give every batch several classes: quad_doctor.StratifiedBatchSampler puts every class "
+        "in every batch with two or more samples each (P classes x K samples when classes "
+        "outnumber half the batch), deterministic per epoch and distributed-aware."
+    )
+    if size > batch_size:
+        remedy += (
+            f" The batch of {batch_size} is too small for {num_classes} classes to pair: "
+            f"use at least {size}."
+        )
+    indices = ctx.train_indices
+    seed = ctx.seed
+
+    def apply(setup):
+        from torch.utils.data import DataLoader
+
+        from quad_doctor.trainer.samplers import StratifiedBatchSampler
+
+        loader = setup.train_loader
+        sampler = StratifiedBatchSampler(
+            ctx.labels, batch_size=size, indices=indices, seed=seed, num_replicas=1, rank=0
+        )
+        return setup.replace(
+            train_loader=DataLoader(
+                loader.dataset, batch_sampler=sampler, collate_fn=loader.collate_fn
+            )
+        )
+
+    return remedy, code, apply

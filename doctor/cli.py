@@ -62,6 +62,14 @@ RunDirOption = Annotated[
     Path | None,
     typer.Option("--run-dir", help="Run directory (default: runs/<timestamp>, runs/latest)."),
 ]
+SetupOption = Annotated[
+    str | None,
+    typer.Option(
+        "--setup",
+        help="Diagnose your own training code: FILE.py:FUNCTION or package.module:FUNCTION "
+        "returning a quad_doctor.TrainingSetup.",
+    ),
+]
 ChecksOption = Annotated[
     list[str] | None,
     typer.Option(help="Check names, comma-separated or repeated (see `quad-doctor checks`)."),
@@ -120,8 +128,26 @@ def exit_code(report: Report, fail_on: FailOn) -> int:
     return int(report.worst >= Severity.parse(fail_on.value))
 
 
+def _context(
+    setup: str | None, config: Path | None, overrides: list[str] | None
+) -> tuple[DiagnosisContext, Config | None]:
+    """The diagnosis context: the user's setup (`--setup`), else the embedded trainer's config."""
+    if setup is None:
+        resolved = _config(config, overrides)
+        return DiagnosisContext(resolved), resolved
+    if config is not None or overrides:
+        raise UsageError(
+            "--setup with --config/--set: config keys configure the embedded trainer, not your code"
+        )
+    from quad_doctor.user_setup import load_setup
+
+    ctx = DiagnosisContext(load_setup(setup))
+    ctx.source = setup
+    return ctx, None
+
+
 def _diagnose_with_progress(
-    config: Config, ctx: DiagnosisContext, only: Sequence[str], skip: Sequence[str] = ()
+    config: Config | None, ctx: DiagnosisContext, only: Sequence[str], skip: Sequence[str] = ()
 ) -> Report:
     """Run the diagnosis under a transient progress bar naming the check that runs."""
     progress = Progress(
@@ -138,6 +164,10 @@ def _diagnose_with_progress(
         def on_check(name: str, index: int, total: int) -> None:
             progress.update(task, description=name, completed=index, total=total)
 
+        def on_progress(what: str, done: int, total: int) -> None:
+            progress.update(task, description=what, completed=done, total=total)
+
+        ctx.on_progress = on_progress
         return run_diagnosis(config, only, skip, ctx=ctx, on_check=on_check)
 
 
@@ -145,6 +175,7 @@ def _diagnose_with_progress(
 def diagnose(
     config: ConfigOption = None,
     set_: SetOption = None,
+    setup: SetupOption = None,
     json_path: Annotated[
         Path | None, typer.Option("--json", help="Also write the JSON report here.")
     ] = None,
@@ -160,20 +191,22 @@ def diagnose(
     run_dir: RunDirOption = None,
     debug: DebugOption = False,
 ) -> None:
-    """Run the ordered checks against the trainer built from the config; print a ranked report."""
+    """Run the ordered checks against the trainer built from the config, or your own training code
+    (--setup); print a ranked report."""
 
     def action() -> int:
-        resolved = _config(config, set_)
-        ctx = DiagnosisContext(resolved)
+        ctx, resolved = _context(setup, config, set_)
         report = _diagnose_with_progress(resolved, ctx, _names(only), _names(skip))
-        report.context["config_source"] = _source(config, set_)
+        if resolved is not None:
+            report.context["config_source"] = _source(config, set_)
         console_report.render(report, console)
         if json_path is not None:
             json_report.render(report, json_path)
         if html_path is not None:
             _write_html(report, html_path)
         target = new_run_dir(run_dir)
-        save_config(resolved, target / "config.toml")
+        if resolved is not None:
+            save_config(resolved, target / "config.toml")
         json_report.render(report, target / "report.json")
         written = [str(p) for p in (json_path, html_path) if p is not None]
         written.append(str(target / "report.json"))
@@ -187,6 +220,7 @@ def diagnose(
 def lr_range_test(
     config: ConfigOption = None,
     set_: SetOption = None,
+    setup: SetupOption = None,
     json_path: Annotated[
         Path | None, typer.Option("--json", help="Also write the JSON report here.")
     ] = None,
@@ -232,8 +266,7 @@ def lr_range_test(
                 raise UsageError(f"{name}: must be a positive learning rate, got {value:g}")
         if start_lr and end_lr and start_lr >= end_lr:
             raise UsageError(f"--start-lr {start_lr:g} must be below --end-lr {end_lr:g}")
-        resolved = _config(config, set_)
-        ctx = DiagnosisContext(resolved)
+        ctx, resolved = _context(setup, config, set_)
         ctx.options[LR_RANGE] = {
             "iters": iters,
             "repeats": repeats,
@@ -243,7 +276,8 @@ def lr_range_test(
         names = [c.name for c in ALL_CHECKS if c.phase in CHEAP_PHASES or c.name == LR_RANGE]
         report = _diagnose_with_progress(resolved, ctx, names)
         report = lr_range_report(report)
-        report.context["config_source"] = _source(config, set_)
+        if resolved is not None:
+            report.context["config_source"] = _source(config, set_)
         test = report.lr_range_test
         console.print(Text("quad-doctor lr-range-test", style="bold"))
         if test is None:
@@ -264,7 +298,8 @@ def lr_range_test(
         save_figure(figure, target / "lr_range_test.svg")
         if json_path is not None:
             json_report.render(report, json_path)
-        save_config(resolved, target / "config.toml")
+        if resolved is not None:
+            save_config(resolved, target / "config.toml")
         json_report.render(report, target / "report.json")
         written += [str(target / "report.json"), str(target / "lr_range_test.svg")]
         console.print(f"written: {', '.join(written)}", highlight=False, soft_wrap=True)

@@ -16,11 +16,13 @@ import torch
 
 from quad_doctor.checks import ALL_CHECKS, Check
 from quad_doctor.checks.base import SkipCheck
-from quad_doctor.context import DiagnosisContext, isolated_rng
+from quad_doctor.context import DiagnosisContext, UserCodeError, isolated_rng
 from quad_doctor.findings import CheckRun, Finding, Report, Severity, Verification, rank_findings
 from quad_doctor.trainer.config import Config, patched_config
 from quad_doctor.trainer.dataset import Manifest
 from quad_doctor.trainer.errors import QuadDoctorError, UsageError
+from quad_doctor.trainer.setup import TrainingSetup
+from quad_doctor.user_setup import user_frame
 
 # Phases cheap enough to re-run on a patched config: no training steps.
 CHEAP_PHASES = ("data", "model")
@@ -61,33 +63,66 @@ def _suggestion(name: str) -> str:
 
 def run_check(check: type[Check], ctx: DiagnosisContext) -> tuple[CheckRun, list[Finding]]:
     """Run one check: its findings and how it ran. Bad input propagates as `QuadDoctorError`;
-    any other exception becomes status `error` with its message."""
+    any other exception becomes status `error` with its message. When the user's own code raised
+    it (their forward, loss, dataset or sampler), or broke the setup's contract, it is also a
+    finding naming the error and where in their code it happened."""
     started = time.perf_counter()
     try:
-        with isolated_rng(ctx.config.train.seed, ctx.device):
+        with isolated_rng(ctx.seed, ctx.device):
             found = list(check().run(ctx))
     except SkipCheck as exc:
         return CheckRun(check.name, "skipped", time.perf_counter() - started, str(exc)), []
+    except UserCodeError as exc:
+        finding = _user_code_finding(check, str(exc), "")
+        return CheckRun(check.name, "error", time.perf_counter() - started, str(exc)), [finding]
     except QuadDoctorError:
         raise
     except Exception as exc:  # a crashing check must not hide the others' findings
-        message = f"{type(exc).__name__}: {exc}".splitlines()[0]
-        return CheckRun(check.name, "error", time.perf_counter() - started, message), []
+        message = f"{type(exc).__name__}: {exc}".splitlines()[0] if str(exc) else type(exc).__name__
+        where = user_frame(exc) if ctx.user_code else ""
+        run = CheckRun(
+            check.name,
+            "error",
+            time.perf_counter() - started,
+            f"{message} (at {where})" if where else message,
+        )
+        if where:
+            return run, [_user_code_finding(check, message, where)]
+        return run, []
     status = "fail" if any(f.severity >= Severity.WARNING for f in found) else "pass"
     return CheckRun(check.name, status, time.perf_counter() - started), found
 
 
-def verify(
-    finding: Finding, config: Config, options: dict[str, dict[str, Any]] | None = None
-) -> Verification:
-    """Apply the finding's patch and re-run its check and the cheap checks it explains.
+def _user_code_finding(check: type[Check], message: str, where: str) -> Finding:
+    """A check could not run because the user's code failed inside it."""
+    at = f" at {where}" if where else ""
+    return Finding(
+        check=check.name,
+        severity=Severity.ERROR,
+        title=f"your code failed while {check.name} ran: {message}{at}",
+        evidence={"error": message, "where": where or None},
+        remedy="Training would fail the same way: fix the error where it happened (run "
+        "`quad-doctor diagnose --setup ... --debug` for the whole traceback).",
+    )
 
-    Verified when none of them finds anything at warning or above on the patched config.
-    `options` are the per-check settings of the original diagnosis.
+
+def verify(
+    finding: Finding,
+    config: Config | None,
+    options: dict[str, dict[str, Any]] | None = None,
+    setup: TrainingSetup | None = None,
+) -> Verification:
+    """Apply the finding's remedy and re-run its check and the cheap checks it explains.
+
+    The remedy is the config patch (embedded trainer) or the setup patch applied to a copy of the
+    user's setup (`setup`). Verified when none of them finds anything at warning or above after
+    the change. `options` are the per-check settings of the original diagnosis.
     """
     try:
-        patched = patched_config(config, finding.config_patch)
-        ctx = DiagnosisContext(patched)
+        if finding.config_patch and config is not None:
+            ctx = DiagnosisContext(patched_config(config, finding.config_patch))
+        else:
+            ctx = DiagnosisContext(finding.setup_patch(setup))
         ctx.options = dict(options or {})
         names = (finding.check, *finding.explains)
         checks = [c for c in ALL_CHECKS if c.name in names]
@@ -100,27 +135,31 @@ def verify(
             remaining += [f.title for f in found if f.severity >= Severity.WARNING]
     except QuadDoctorError as exc:
         return Verification(False, {}, message=f"the patch cannot be applied: {exc}")
+    except Exception as exc:  # the user's code, rebuilt with the change, may fail
+        return Verification(False, {}, message=f"the change could not be tried: {exc}")
     ok = not remaining and all(status in ("pass", "skipped") for status in statuses.values())
     return Verification(ok, statuses, tuple(remaining))
 
 
 def diagnose(
-    config: Config,
+    source: Config | TrainingSetup,
     only: Sequence[str] = (),
     skip: Sequence[str] = (),
     ctx: DiagnosisContext | None = None,
     on_check: ProgressHook | None = None,
     verify_remedies: bool = True,
 ) -> Report:
-    """Run the selected checks against the trainer built from `config` and rank the findings.
+    """Run the selected checks against a setup (the user's, or the embedded trainer's built from a
+    config) and rank the findings.
 
     Bad input (a broken config or dataset) propagates as a `QuadDoctorError`; any other exception
-    inside a check becomes that check's `error` status while the others still run. Findings with
-    a config patch at warning or above get the patch verified on a patched config.
+    inside a check becomes that check's `error` status while the others still run. Findings at
+    warning or above with a config patch or a setup patch get it verified on a patched copy.
     """
     started = time.perf_counter()
     selected = select_checks(only, skip)
-    ctx = ctx or DiagnosisContext(config)
+    ctx = ctx or DiagnosisContext(source)
+    config = ctx.config
     findings: list[Finding] = []
     runs: list[CheckRun] = []
     for index, check in enumerate(selected):
@@ -133,8 +172,9 @@ def diagnose(
         if on_check:
             on_check("verifying remedies", len(selected), len(selected))
         findings = [
-            dataclasses.replace(f, verification=verify(f, config, ctx.options))
-            if f.config_patch and f.severity >= Severity.WARNING
+            dataclasses.replace(f, verification=verify(f, config, ctx.options, ctx.setup))
+            if (f.config_patch and config is not None or f.setup_patch)
+            and f.severity >= Severity.WARNING
             else f
             for f in findings
         ]
@@ -182,8 +222,12 @@ def environment(device: object) -> dict[str, str]:
 
 
 def describe(ctx: DiagnosisContext) -> dict[str, object]:
-    """What was diagnosed, for the report's header: config, dataset and device."""
-    return describe_run(ctx.config, ctx.dataset_dir, ctx.manifest, ctx.device)
+    """What was diagnosed, for the report's header: config, dataset and device (the embedded
+    trainer), or the user's setup's pieces."""
+    if ctx.config is not None:
+        dataset = ctx.train_dataset.quad
+        return describe_run(ctx.config, dataset.directory, dataset.manifest, ctx.device)
+    return {**ctx.describe(), "device": str(ctx.device), "environment": environment(ctx.device)}
 
 
 def describe_run(

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from quad_doctor.trainer.errors import UsageError
@@ -46,6 +48,11 @@ class Severity(enum.IntEnum):
 
 
 SEVERITIES = tuple(str(severity) for severity in sorted(Severity, reverse=True))
+
+
+def significant(value: float | None, digits: int = 3) -> float | None:
+    """`value` rounded to `digits` significant digits, as evidence and patches carry numbers."""
+    return None if value is None else float(f"{value:.{digits}g}")
 
 
 @dataclass(frozen=True)
@@ -92,10 +99,16 @@ class Finding:
     config_patch: dict[str, Any] = field(default_factory=dict)
     explains: tuple[str, ...] = ()
     verification: Verification | None = None  # set by the engine for findings with a patch
+    # For a user's own code: the change to make, as code, and how to apply it to a copy of the
+    # setup (setup -> patched setup) so the engine can verify it; None when it cannot be applied
+    # automatically. Not serialised: a function is no JSON.
+    code_change: str = ""
+    setup_patch: Callable[[Any], Any] | None = field(default=None, compare=False, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         """The finding as JSON-able data; `verified` is null when there was no patch to try."""
         data = asdict(self)
+        data.pop("setup_patch")
         data["severity"] = str(self.severity)
         data["explains"] = list(self.explains)
         data["verified"] = self.verification.verified if self.verification else None
@@ -107,6 +120,7 @@ class Finding:
         """The finding `to_dict` wrote; a UsageError naming `where` when it is malformed."""
         required = {"check": str, "severity": str, "title": str}
         optional = {"evidence": dict, "remedy": str, "config_patch": dict, "explains": list}
+        optional |= {"code_change": str}
         _fields(data, where, required, optional)
         if data["severity"] not in SEVERITIES:
             raise UsageError(
@@ -124,6 +138,7 @@ class Finding:
             data.get("config_patch", {}),
             tuple(data.get("explains", ())),
             verification,
+            data.get("code_change", ""),
         )
 
 
@@ -185,6 +200,39 @@ class Report:
     # What checks measured for the pictures: class counts per split, the sampler's batches,
     # gradient norms per module (by name, each a JSON-able dict)
     measurements: dict[str, Any] = field(default_factory=dict)
+
+    def passed(self, fail_on: str = "error") -> bool:
+        """True when no finding is at or above `fail_on` (critical, error, warning; `never`
+        always passes) and no check crashed."""
+        if fail_on == "never":
+            return True
+        if fail_on not in SEVERITIES[:-1]:
+            raise UsageError(
+                f"fail_on: expected critical, error, warning or never, got {fail_on!r}"
+            )
+        if any(run.status == "error" for run in self.checks):
+            return False
+        return self.worst is None or self.worst < Severity.parse(fail_on)
+
+    def save_json(self, path: str | Path) -> Path:
+        """Write the report as JSON (schema v1) to `path`, atomically; returns the path."""
+        from quad_doctor.reports import json as json_report
+
+        json_report.render(self, Path(path))
+        return Path(path)
+
+    def save_html(self, path: str | Path) -> Path:
+        """Write the report as one self-contained HTML page to `path`; returns the path."""
+        from quad_doctor.reports import html as html_report
+
+        html_report.render(self, Path(path))
+        return Path(path)
+
+    def _repr_html_(self) -> str:
+        """The HTML page, for a notebook to display."""
+        from quad_doctor.reports import html as html_report
+
+        return html_report.render(self)
 
     def count(self, severity: Severity) -> int:
         """How many findings, explained ones included, have exactly this severity."""

@@ -25,14 +25,14 @@ import torch.nn.functional as F
 from rich.text import Text
 
 from quad_doctor.checks import ALL_CHECKS
-from quad_doctor.checks.gradient_flow import module_of
-from quad_doctor.context import class_counts, isolated_rng, weight_scale
+from quad_doctor.context import isolated_rng, manifest_class_counts, weight_scale
 from quad_doctor.engine import describe_run
 from quad_doctor.findings import CheckRun, Finding, Report, Severity, Verification, rank_findings
 from quad_doctor.live_rules import LIVE_RULES, GradientSummary, Rule, RunFacts, StepRecord
 from quad_doctor.reports import json as json_report
 from quad_doctor.trainer.build import build_sampler
 from quad_doctor.trainer.callbacks import Callback
+from quad_doctor.trainer.embedded import quad_module_of as module_of
 from quad_doctor.trainer.losses import supcon_collapse_value
 from quad_doctor.trainer.rundir import JsonLines
 
@@ -466,7 +466,7 @@ class LiveDoctor(Callback):
             },
             duration_s=self.doctor_time,
             training=self._training(trainer),
-            measurements={"class_counts": class_counts(trainer.dataset.manifest)},
+            measurements={"class_counts": manifest_class_counts(trainer.dataset.manifest)},
         )
 
     def write_report(self) -> Path:

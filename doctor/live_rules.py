@@ -24,7 +24,7 @@ from quad_doctor.checks.gradient_flow import (
 from quad_doctor.checks.loss_bounds import NO_ROOM_CRITICAL, loss_bounds_finding
 from quad_doctor.checks.sampler_class_mix import class_mix_finding, class_mix_verdict
 from quad_doctor.context import distributed_batches
-from quad_doctor.findings import Finding, Severity
+from quad_doctor.findings import Finding, Severity, significant
 from quad_doctor.trainer.config import Config
 from quad_doctor.trainer.losses import positives_per_anchor, supcon_collapse_value
 
@@ -71,11 +71,6 @@ PLATEAU_PROGRESS = 0.25
 PLATEAU_EVERY = 10  # a line fit over 100 points costs ~0.1 ms: not every step
 # Sample ids and per-module numbers shown in the evidence.
 SHOWN_IDS = 16
-DIGITS = 3
-
-
-def _sig(value: float) -> float:
-    return float(f"{value:.{DIGITS}g}") if math.isfinite(value) else value
 
 
 @dataclass(frozen=True)
@@ -256,7 +251,7 @@ class LossBoundsRule(BatchWindowRule):
         if self.worst is Severity.CRITICAL:
             return []  # nothing worse to report
         finding = loss_bounds_finding(
-            list(self.batches), len(record.labels), loss_now=_sig(record.loss)
+            list(self.batches), len(record.labels), loss_now=significant(record.loss)
         )
         return self.worse(finding)
 
@@ -418,8 +413,8 @@ class DivergenceRule(Rule):
                             "signal": "loss",
                             "step": record.step,
                             "lr": record.lr,
-                            "smoothed_loss": _sig(ema),
-                            "best_smoothed_loss": _sig(self.best),
+                            "smoothed_loss": significant(ema),
+                            "best_smoothed_loss": significant(self.best),
                         },
                         "Lower train.learning_rate or lengthen train.warmup_epochs; "
                         "`quad-doctor lr-range-test` shows where the loss starts to climb.",
@@ -448,7 +443,9 @@ class DivergenceRule(Rule):
                     "signal": "update",
                     "step": record.step,
                     "lr": record.lr,
-                    "update_to_weight_ratio": {m: _sig(r) for m, r in record.update_ratio.items()},
+                    "update_to_weight_ratio": {
+                        m: significant(r) for m, r in record.update_ratio.items()
+                    },
                 },
                 "Lower train.learning_rate (`quad-doctor lr-range-test` measures where the loss "
                 "stops falling) and warm up to it over train.warmup_epochs.",
@@ -513,7 +510,7 @@ class GradientRule(Rule):
             "signal": signal,
             "step": record.step,
             "ranks": ranks,
-            "grad_norm_per_rank": [_sig(n) for n in norms],
+            "grad_norm_per_rank": [significant(n) for n in norms],
             "steps_in_a_row": GRADIENT_STREAK,
         }
         if signal == "rank-exploding":
@@ -557,9 +554,9 @@ class GradientRule(Rule):
             "step": record.step,
             "lr": record.lr,
             "measurements_in_a_row": GRADIENT_STREAK,
-            "global_grad_norm": _sig(grads.total_norm),
-            "grad_norm_per_module": {m: _sig(v) for m, v in grads.module_norm.items()},
-            "grad_norm_per_modality": {m: _sig(v) for m, v in encoders.items()},
+            "global_grad_norm": significant(grads.total_norm),
+            "grad_norm_per_module": {m: significant(v) for m, v in grads.module_norm.items()},
+            "grad_norm_per_modality": {m: significant(v) for m, v in encoders.items()},
         }
         if signal == "exploding":
             title = (
@@ -628,7 +625,7 @@ class EmbeddingCollapseRule(Rule):
                 {
                     "step": record.step,
                     "lr": record.lr,
-                    "spread": _sig(record.spread),
+                    "spread": significant(record.spread),
                     "steps_below_threshold": self.low,
                     "threshold": COLLAPSED_SPREAD,
                 },
@@ -798,8 +795,8 @@ class PlateauRule(Rule):
                 {
                     "steps": f"{record.step - PLATEAU_WINDOW + 1}-{record.step}",
                     "loss_mean": round(float(losses.mean()), 4),
-                    "slope_per_100_steps": _sig(100 * slope),
-                    "slope_t_statistic": _sig(t),
+                    "slope_per_100_steps": significant(100 * slope),
+                    "slope_t_statistic": significant(t),
                     "start_loss": round(start, 4),
                     "batch_floor_mean": round(floor, 4),
                     "progress_to_floor": round(progress, 3),

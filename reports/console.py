@@ -73,8 +73,23 @@ def _header(report: Report, title: str) -> RenderableType:
     table = Table.grid(padding=(0, 2))
     table.add_column(style="dim")
     table.add_column()
-    table.add_row("config", str(context.get("config_source", "embedded default")))
-    if "dataset" in context:
+    if "setup" in context:  # the user's own code
+        table.add_row("setup", str(context["setup"]))
+        table.add_row(
+            "model",
+            f"{context.get('model')} ({context.get('parameters', 0):,} parameters) · loss "
+            f"{context.get('loss')} · {context.get('optimizer')}"
+            + (f" + {context['scheduler']}" if context.get("scheduler") else ""),
+        )
+        classes = context.get("classes", [])
+        table.add_row(
+            "data",
+            f"{context.get('dataset')} · {context.get('num_samples')} samples, {len(classes)} "
+            f"classes · batch sampler {context.get('batch_sampler')}",
+        )
+    else:
+        table.add_row("config", str(context.get("config_source", "embedded default")))
+    if "dataset" in context and "setup" not in context:
         dataset = context["dataset"]
         if context.get("embedded_default"):
             dataset = f"embedded synthetic default ({dataset})"
@@ -100,8 +115,14 @@ def ranked_block(ranked: RankedFinding) -> RenderableType:
         body.add_row("remedy", finding.remedy)
     if finding.config_patch:
         body.add_row("patch", Text(patch_toml(finding.config_patch), style="green"))
+    if finding.code_change:
+        body.add_row("change", Text(finding.code_change, style="green"))
     if finding.verification is not None:
         body.add_row("", _verification(finding))
+    elif finding.code_change:
+        body.add_row(
+            "", Text("not verified: this change cannot be applied automatically", style="dim")
+        )
     parts.append(Padding(body, (0, 0, 0, 4)))
     if ranked.explained:
         explained: list[RenderableType] = [Text("explains:", style="dim")]
@@ -130,11 +151,12 @@ def _verification(finding: Finding) -> Text:
         names = list(check.statuses)
         listed = ", ".join(names[:-1]) + " and " + names[-1] if len(names) > 1 else names[0]
         verb = "pass" if len(names) > 1 else "passes"
-        return Text(f"fix verified: with the patch applied, {listed} {verb}", style="bold green")
+        what = "the patch applied" if finding.config_patch else "the change applied to a copy"
+        return Text(f"fix verified: with {what}, {listed} {verb}", style="bold green")
     if check.message:
         return Text(f"fix not verified: {check.message}", style="yellow")
     still = "; ".join(check.remaining) or "a check still fails"
-    return Text(f"fix not verified: with the patch applied, {still}", style="yellow")
+    return Text(f"fix not verified: with the change applied, {still}", style="yellow")
 
 
 def patch_toml(patch: dict[str, Any]) -> str:

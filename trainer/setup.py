@@ -141,7 +141,9 @@ class TrainingSetup:
             try:
                 array = np.asarray(labels)
             except (TypeError, ValueError):
-                raise _wrong("labels", "one integer class label per dataset index", labels) from None
+                raise _wrong(
+                    "labels", "one integer class label per dataset index", labels
+                ) from None
             if array.ndim != 1 or not np.issubdtype(array.dtype, np.integer):
                 raise _wrong("labels", "one integer class label per dataset index", self.labels)
         for name in ("batch_fn", "forward_fn", "parameter_group"):

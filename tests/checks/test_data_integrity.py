@@ -77,9 +77,9 @@ def test_nan_samples_are_critical_and_named():
     assert found.config_patch == {"data.synthetic.nan_fraction": 0.0}
     assert set(found.explains) == {"loss-bounds", "lr-range-test", "gradient-flow"}
     ctx = DiagnosisContext(load_config(overrides=[SMALL, "data.synthetic.nan_fraction=0.05"]))
-    named = np.isin(ctx.manifest.sample_ids, found.evidence["first_sample_ids"])
+    named = np.isin(ctx.train_dataset.sample_ids, found.evidence["first_sample_ids"])
     assert named.sum() == len(found.evidence["first_sample_ids"]) > 0
-    assert (~np.isfinite(ctx.dataset.arrays["sensor"][named])).any(axis=(1, 2)).all()
+    assert (~np.isfinite(ctx.train_dataset.arrays["sensor"][named])).any(axis=(1, 2)).all()
 
 
 def test_nan_in_a_dataset_on_disk_gets_no_config_patch(tmp_path):

@@ -73,7 +73,7 @@ def test_frozen_heads_and_fusion_over_trainable_backbones_are_only_info(small_ov
 def test_a_module_that_ignores_its_flag_is_an_error_no_config_fixes(small_overrides):
     config = load_config(overrides=small_overrides + ["model.fusion.freeze=true"])
     ctx = DiagnosisContext(config)
-    model = build_model(config, ctx.dataset)
+    model = build_model(config, ctx.train_dataset.quad)
     model.fusion.requires_grad_(True)  # the code ignoring the flag
     ctx.__dict__["model"] = model
     (found,) = [f for f in FrozenParameters().run(ctx) if "freeze flag" in f.title]

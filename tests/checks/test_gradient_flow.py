@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 
 import pytest
 import torch
@@ -13,7 +14,6 @@ from quad_doctor.checks.gradient_flow import (
     OVERFIT_MAX_STEPS,
     OVERFIT_MIN_PROGRESS,
     GradientFlow,
-    ideal_supcon_loss,
 )
 from quad_doctor.context import DiagnosisContext
 from quad_doctor.findings import Severity
@@ -100,9 +100,9 @@ def test_encoders_run_without_grad_get_no_gradient(small_overrides, monkeypatch)
     # a user who runs the encoders under torch.no_grad() "to save memory" but still trains them
     encode = QuadModel.encode
 
-    def encode_without_grad(self, *inputs):
+    def encode_without_grad(self, *inputs, **named):
         with torch.no_grad():
-            return encode(self, *inputs)
+            return encode(self, *inputs, **named)
 
     monkeypatch.setattr(QuadModel, "encode", encode_without_grad)
     (found,) = run_check(small_overrides)
@@ -114,7 +114,7 @@ def test_encoders_run_without_grad_get_no_gradient(small_overrides, monkeypatch)
 
 def test_detached_features_disconnect_the_loss(small_overrides, monkeypatch):
     forward = QuadModel.forward
-    monkeypatch.setattr(QuadModel, "forward", lambda self, *x: forward(self, *x).detach())
+    monkeypatch.setattr(QuadModel, "forward", lambda self, *x, **k: forward(self, *x, **k).detach())
     (found,) = run_check(small_overrides)
     assert found.severity is Severity.ERROR
     assert "does not depend on any trainable parameter" in found.title
@@ -158,9 +158,12 @@ def test_model_optimizer_and_rng_are_untouched(small_overrides):
     assert torch.equal(torch.get_rng_state(), rng)
 
 
-def test_ideal_loss_is_supcon_on_simplex_embeddings():
+def test_the_overfit_target_is_supcon_on_simplex_embeddings_measured_by_probing(small_overrides):
+    ctx = DiagnosisContext(load_config(overrides=[*small_overrides, "train.temperature=0.5"]))
     labels = torch.tensor([0, 0, 0, 1, 1, 2, 2, 2, 2, 3, 3, 3])
     classes = 4
     vertices = F.normalize(torch.eye(classes) - 1.0 / classes, dim=1)  # cosine -1/(K-1)
     loss = SupConLoss(temperature=0.5)(vertices[labels], labels).loss
-    assert ideal_supcon_loss(labels, 0.5) == pytest.approx(float(loss), rel=1e-5)
+    bounds = ctx.loss_bounds(labels.numpy())
+    assert bounds.floor_at_norm == pytest.approx(float(loss), rel=1e-4)
+    assert bounds.collapse == pytest.approx(math.log(len(labels) - 1), rel=1e-6)

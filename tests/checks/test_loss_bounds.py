@@ -19,7 +19,7 @@ def test_single_class_batches_leave_no_room_and_say_ln_b_minus_1(small_overrides
     assert found.severity is Severity.CRITICAL
     assert "ln(15) = 2.7081" in found.title
     assert found.evidence["room_to_fall"] == 0.0
-    assert found.evidence["supcon_floor_mean_ln_p"] == pytest.approx(math.log(15), abs=1e-4)
+    assert found.evidence["floor"] == pytest.approx(math.log(15), abs=1e-4)
     assert found.evidence["batches_without_room_fraction"] > 0.5
     # the untrained model starts next to the collapse value, where it will stay
     assert abs(found.evidence["untrained_loss"] - math.log(15)) < 0.1
