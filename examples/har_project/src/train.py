@@ -1,0 +1,72 @@
+"""Train HAR-4M with SupCon.
+
+python -m src.train --config configs/base.toml [--epochs N] [--lr LR] [--save PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from .build import build_training, resolve_device
+from .config import DEFAULT_CONFIG, load_config
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="TOML config")
+    parser.add_argument("--epochs", type=int, help="override train.epochs")
+    parser.add_argument("--lr", type=float, help="override train.lr")
+    parser.add_argument("--save", help="write the trained weights here")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    config = load_config(args.config)
+    if args.epochs is not None:
+        config["train"]["epochs"] = args.epochs
+    if args.lr is not None:
+        config["train"]["lr"] = args.lr
+
+    run = build_training(config)
+    device = resolve_device(config["train"]["device"])
+    model = run.model.to(device)
+    print(
+        f"train {len(run.train_set)} clips, val {len(run.val_set)} clips, "
+        f"{len(run.train_loader)} steps/epoch, device {device}"
+    )
+
+    for epoch in range(config["train"]["epochs"]):
+        run.train_loader.batch_sampler.set_epoch(epoch)
+        model.train()
+        total, steps, started = 0.0, 0, time.perf_counter()
+        for batch in run.train_loader:
+            labels = batch.pop("label").to(device)
+            inputs = {name: x.to(device, non_blocking=True) for name, x in batch.items()}
+
+            features = model(**inputs)
+            loss = run.criterion(features, labels)
+
+            run.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            run.optimizer.step()
+            run.scheduler.step()  # per step: the warm-up is counted in steps
+
+            total += loss.item()
+            steps += 1
+
+        lr = run.optimizer.param_groups[0]["lr"]
+        print(
+            f"epoch {epoch + 1}/{config['train']['epochs']}  loss {total / steps:.4f}  "
+            f"lr {lr:.2e}  {time.perf_counter() - started:.1f}s"
+        )
+
+    if args.save:
+        torch.save(model.state_dict(), args.save)
+
+
+if __name__ == "__main__":
+    main()
