@@ -45,7 +45,7 @@ def plain_loop(config, epochs: int) -> list[float]:
         last = time.perf_counter()
         for rows in sampler:
             batch = dataset.batch(rows)
-            loss = loss_fn(model(batch.video, batch.audio, batch.sensor, batch.text), batch.labels)
+            loss = loss_fn(batch.forward(model), batch.labels)
             optimizer.zero_grad(set_to_none=True)
             loss.loss.backward()
             optimizer.step()

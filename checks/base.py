@@ -10,8 +10,6 @@ if TYPE_CHECKING:
     from quad_doctor.context import DiagnosisContext
     from quad_doctor.findings import Finding
 
-PHASES = ("data", "model", "probe")
-
 
 class SkipCheck(Exception):
     """Raised by `run` when the check does not apply (e.g. nothing is trainable); the reason is

@@ -33,6 +33,10 @@ OVERFIT_MAX_STEPS = 30
 # 0.000 after 30 steps (3.4340 throughout). Relative to the temperature-aware ideal, so a large
 # `train.temperature` (loss-bounds' business) still passes: tau=1 closes 94%, tau=50 97%.
 OVERFIT_MIN_PROGRESS = 0.5
+# When the model does not fix its output norm (logits), the target is measured at the untrained
+# norm, which the outputs must first outgrow: a healthy 4-class cross-entropy MLP closed 0.27 of
+# that gap in 30 steps (1.58 -> 1.31, target 0.59); a model that cannot fit closes ~0.
+OVERFIT_MIN_PROGRESS_FREE_NORM = 0.1
 # A modality's share of the loss's first-order dependence on what that modality tells samples
 # apart, sum_i |<dL/de_i, e_i - mean(e)>|, summed over the overfit steps (fair share 0.25).
 # Healthy minimum: video 0.030, audio 0.149, sensor 0.295, text 0.199 (video 0.025 when the text
@@ -104,6 +108,7 @@ class OverfitEvidence:
     ideal_loss: float = math.nan
     modality_attribution: dict[str, float] = field(default_factory=dict)
     streams: list[str] = field(default_factory=list)
+    min_progress: float = OVERFIT_MIN_PROGRESS
     attribution: str = "encodings"  # or "ablation": the loss change when a stream is shuffled
     non_finite: NonFinite | None = None
 
@@ -229,6 +234,11 @@ class GradientFlow(Check):
         evidence = OverfitEvidence(
             ideal_loss=bounds.floor_at_norm if bounds is not None else math.nan,
             streams=list(streams_of(batch.inputs)),
+            min_progress=(
+                OVERFIT_MIN_PROGRESS
+                if ctx.output_probe.get("fixed_norm")
+                else OVERFIT_MIN_PROGRESS_FREE_NORM
+            ),
         )
         # The quadmodal model exposes its encodings: attribute the loss to them (calibrated).
         # Any other model: shuffle one stream across the batch and see how far the loss moves.
@@ -264,7 +274,7 @@ class GradientFlow(Check):
                     centred = encoding.detach() - encoding.detach().mean(dim=0)
                     attribution[name] += float((encoding.grad * centred).sum(dim=1).abs().sum())
             optimizer.step()
-            if evidence.progress >= OVERFIT_MIN_PROGRESS:
+            if evidence.progress >= evidence.min_progress:
                 break
         if not encodes and evidence.steps and evidence.non_finite is None:
             attribution = _ablation(ctx, model, batch)
@@ -308,7 +318,7 @@ class GradientFlow(Check):
         }
         if missing:
             yield self._missing(missing, evidence)
-        if overfit.steps and overfit.progress < OVERFIT_MIN_PROGRESS:
+        if overfit.steps and overfit.progress < overfit.min_progress:
             yield self._overfit_fails(overfit, evidence)
         yield from self._exploding(ctx, probe, evidence)
         yield from self._vanishing(probe, evidence)

@@ -13,13 +13,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from quad_doctor.trainer.errors import QuadDoctorError, SetupError
 from quad_doctor.trainer.samplers import StratifiedBatchSampler
 from quad_doctor.trainer.setup import TrainingSetup
 
 if TYPE_CHECKING:
     from quad_doctor.findings import Report
 
-__all__ = ["StratifiedBatchSampler", "TrainingSetup", "diagnose"]
+__all__ = ["QuadDoctorError", "SetupError", "StratifiedBatchSampler", "TrainingSetup", "diagnose"]
 
 
 def diagnose(
@@ -38,8 +39,6 @@ def diagnose(
     from quad_doctor.engine import diagnose as run_diagnosis
 
     if not isinstance(setup, TrainingSetup):
-        from quad_doctor.trainer.errors import SetupError
-
         raise SetupError(
             f"diagnose: expected a quad_doctor.TrainingSetup, got {type(setup).__name__}"
         )

@@ -174,21 +174,22 @@ def top_level_group(parameter_name: str) -> str:
 
 
 def where_defined(thing: object) -> str:
-    """`src/losses.py:12` for a function, class or instance defined in a file; else its type."""
+    """`MySampler (src/samplers.py:12)` for a function, class or instance defined in the user's
+    files; the bare name for one from an installed package (`CrossEntropyLoss`)."""
     target = thing if inspect.isfunction(thing) or inspect.isclass(thing) else type(thing)
+    name = getattr(target, "__qualname__", type(thing).__name__)
     try:
         path = inspect.getsourcefile(target)
         _, line = inspect.getsourcelines(target)
     except (OSError, TypeError):
-        return getattr(target, "__qualname__", type(thing).__name__)
-    return f"{_short_path(path)}:{line}" if path else type(thing).__name__
-
-
-def _short_path(path: str) -> str:
+        return name
+    if not path or "site-packages" in Path(path).parts:
+        return name
     try:
-        return str(Path(path).resolve().relative_to(Path.cwd()))
+        shown = Path(path).resolve().relative_to(Path.cwd())
     except ValueError:
-        return path
+        shown = Path(path)
+    return f"{name} ({shown}:{line})"
 
 
 def labels_of(dataset: Any) -> np.ndarray | None:
@@ -462,13 +463,13 @@ class DiagnosisContext:
             if rows.size and (rows.min() < 0 or rows.max() >= size):
                 bad = int(rows.max() if rows.max() >= size else rows.min())
                 raise UserCodeError(
-                    f"the batch sampler ({where_defined(sampler)}) yielded index {bad} in batch "
+                    f"the batch sampler {where_defined(sampler)} yielded index {bad} in batch "
                     f"{number}, but the dataset has {size} items"
                 )
             batches.append(rows)
         if not batches:
             raise UserCodeError(
-                f"the batch sampler ({where_defined(sampler)}) yielded no batch in epoch {epoch}"
+                f"the batch sampler {where_defined(sampler)} yielded no batch in epoch {epoch}"
             )
         return batches
 
@@ -564,12 +565,12 @@ class DiagnosisContext:
         value = self.setup.loss_fn(outputs, labels)
         if not isinstance(value, Tensor):
             raise UserCodeError(
-                f"loss_fn ({where_defined(self.setup.loss_fn)}) returned a "
+                f"loss_fn {where_defined(self.setup.loss_fn)} returned a "
                 f"{type(value).__name__}, not a scalar tensor"
             )
         if value.numel() != 1:
             raise UserCodeError(
-                f"loss_fn ({where_defined(self.setup.loss_fn)}) returned a tensor of shape "
+                f"loss_fn {where_defined(self.setup.loss_fn)} returned a tensor of shape "
                 f"{tuple(value.shape)}, not a scalar: reduce it (e.g. .mean())"
             )
         return value.reshape(())

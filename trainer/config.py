@@ -193,11 +193,6 @@ def save_config(config: Config, path: str | Path) -> None:
     Path(path).write_text(tomli_w.dumps(config.to_dict()), encoding="utf-8")
 
 
-def config_to_toml(config: Config) -> str:
-    """The resolved config as TOML text."""
-    return tomli_w.dumps(config.to_dict())
-
-
 def _leaf_keys(tree: dict[str, Any], prefix: str = "") -> list[str]:
     keys = []
     for name, value in tree.items():

@@ -328,6 +328,14 @@ class Batch:
     def __len__(self) -> int:
         return len(self.indices)
 
+    def inputs(self) -> dict[str, torch.Tensor]:
+        """The model's inputs by stream name (the quadmodal model's keyword arguments)."""
+        return {"video": self.video, "audio": self.audio, "sensor": self.sensor, "text": self.text}
+
+    def forward(self, model: torch.nn.Module) -> torch.Tensor:
+        """The model's output for this batch: the one place the trainer calls a model."""
+        return model(**self.inputs())
+
 
 class QuadDataset:
     """A dataset directory opened for training: validated manifest plus memory-mapped arrays."""

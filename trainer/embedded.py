@@ -51,13 +51,7 @@ class QuadTorchDataset(torch.utils.data.Dataset):
 
     def __getitems__(self, indices: Sequence[int]) -> dict[str, Tensor]:
         batch = self.quad.batch(np.asarray(indices, dtype=np.int64))
-        return {
-            "video": batch.video,
-            "audio": batch.audio,
-            "sensor": batch.sensor,
-            "text": batch.text,
-            "labels": batch.labels,
-        }
+        return {**batch.inputs(), "labels": batch.labels}
 
     def __getitem__(self, index: int) -> dict[str, Tensor]:
         return {key: value[0] for key, value in self.__getitems__([index]).items()}

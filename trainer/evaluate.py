@@ -23,7 +23,7 @@ def embed(
         chunks = []
         for start in range(0, len(rows), EVAL_BATCH_SIZE):
             batch = dataset.batch(rows[start : start + EVAL_BATCH_SIZE]).to(device)
-            features = model(batch.video, batch.audio, batch.sensor, batch.text)
+            features = batch.forward(model)
             chunks.append(F.normalize(features.float(), dim=1).cpu())
         return torch.cat(chunks) if chunks else torch.empty(0)
     finally:

@@ -244,7 +244,7 @@ class Trainer:
                 with self.network.no_sync() if local else contextlib.nullcontext():
                     # 2. forward: four encoders, fusion, normalised embeddings
                     with autocast(self.config, self.device):
-                        features = self.network(batch.video, batch.audio, batch.sensor, batch.text)
+                        features = batch.forward(self.network)
                         # 3. loss: SupCon over the batch (every rank's batch when gathering)
                         output = self._loss(features, batch.labels)
                     # 4. backward

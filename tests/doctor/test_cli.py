@@ -83,7 +83,9 @@ def test_installed_console_script_trains_into_runs_latest(tmp_path, small_overri
     script = Path(sys.executable).with_name("quad-doctor")
     sets = [arg for override in small_overrides for arg in ("--set", override)]
     command = [str(script), "train", *sets, "--set", "train.num_epochs=1"]
-    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, check=False)
+    result = subprocess.run(
+        command, cwd=tmp_path, capture_output=True, text=True, check=False, timeout=300
+    )
     assert result.returncode == 0, result.stderr
     latest = tmp_path / "runs" / "latest"
     rows = [json.loads(line) for line in (latest / "metrics.jsonl").read_text().splitlines()]
@@ -98,6 +100,7 @@ def test_installed_console_script_trains_into_runs_latest(tmp_path, small_overri
         capture_output=True,
         text=True,
         check=False,
+        timeout=300,
     )
     assert again.returncode == 0, again.stderr
     assert len((latest / "metrics.jsonl").read_text().splitlines()) == 2

@@ -59,7 +59,11 @@ def test_every_key_is_settable():
         text = {bool: "true", int: "100", float: "0.5", str: '""', list: "[]"}[type(value)]
         if key.endswith(("lr_scheduler", "sampler", "device", "optimizer")):
             text = value
-        load_config(overrides=[f"{key}={text}"])
+        loaded = load_config(overrides=[f"{key}={text}"])
+        for part in key.split("."):
+            loaded = getattr(loaded, part)
+        expected = {"true": True, "100": 100, "0.5": 0.5, '""': "", "[]": []}.get(text, text)
+        assert loaded == expected, key
 
 
 @pytest.mark.parametrize(
