@@ -54,9 +54,10 @@ class SamplerClassMix(Check):
         `Batch 0 labels - unique: [0], counts: [32]`, every batch one class, loss stuck at 3.4340.
 
     Fix:
-        Use `train.sampler = "stratified"`, which puts every class in every batch with at least
-        two samples each; if the batch is too small for that, raise `train.batch_size` to at least
-        twice the number of classes.
+        Use `train.sampler = "stratified"` (your own code: `quad_doctor.StratifiedBatchSampler`),
+        which puts every class in every batch with at least two samples each; when classes
+        outnumber half the batch, it deals P classes x 2 samples per batch so every anchor still
+        has a positive.
     """
 
     name = "sampler-class-mix"
@@ -124,7 +125,7 @@ def class_mix_finding(
     if config is not None:
         patch, remedy = _remedy(config, num_classes)
     else:
-        remedy, code, setup_patch = _user_remedy(user, num_classes, batch_size)
+        remedy, code, setup_patch = _user_remedy(user, batch_size)
     return Finding(
         check=SamplerClassMix.name,
         severity=severity,
@@ -179,40 +180,32 @@ def class_mix_verdict(
 
 def _remedy(config: Config, num_classes: int) -> tuple[dict[str, object], str]:
     train = config.train
-    needed = 2 * num_classes
-    patch: dict[str, object] = {}
-    remedies = []
-    if train.sampler != "stratified":
-        patch["train.sampler"] = "stratified"
-        remedies.append(
-            "Use the stratified sampler: every batch then holds every class, two or more each."
+    if train.sampler == "stratified":
+        return {}, (
+            "The stratified sampler already gives every anchor a positive where the batch "
+            "allows; look at the labels (dataset-imbalance)."
         )
-    if train.batch_size < needed:
-        patch["train.batch_size"] = needed
-        remedies.append(
-            f"Raise train.batch_size to at least {needed} so each of the {num_classes} classes "
-            "can have two samples (one positive pair) in every batch."
+    remedy = "Use the stratified sampler: every batch then holds every class, two or more each"
+    if train.batch_size < 2 * num_classes:
+        remedy += (
+            f" (at batch {train.batch_size}, {train.batch_size // 2} classes of the "
+            f"{num_classes}, two samples each)"
         )
-    return patch, " ".join(remedies)
+    return {"train.sampler": "stratified"}, remedy + "."
 
 
-def _user_remedy(ctx: DiagnosisContext, num_classes: int, batch_size: int):
+def _user_remedy(ctx: DiagnosisContext, batch_size: int):
     """The code change for a user's sampler, and how to apply it to a copy of their setup."""
-    size = max(batch_size, 2 * num_classes)
+    size = batch_size
     code = (
         "train_loader = DataLoader(dataset, batch_sampler=quad_doctor.StratifiedBatchSampler("
         f"labels, batch_size={size}), ...)"
     )
     remedy = (
         "Give every batch several classes: quad_doctor.StratifiedBatchSampler puts every class "
-        "in every batch with two or more samples each (P classes x K samples when classes "
+        "in every batch with two or more samples each (P classes x 2 samples when classes "
         "outnumber half the batch), deterministic per epoch and distributed-aware."
     )
-    if size > batch_size:
-        remedy += (
-            f" The batch of {batch_size} is too small for {num_classes} classes to pair: "
-            f"use at least {size}."
-        )
     indices = ctx.train_indices
     seed = ctx.seed
 

@@ -16,7 +16,7 @@ from quad_doctor.trainer.config import Config
 from quad_doctor.trainer.dataset import Manifest, QuadDataset
 from quad_doctor.trainer.errors import ConfigError, UsageError
 from quad_doctor.trainer.losses import SupConLoss
-from quad_doctor.trainer.samplers import SAMPLERS, BatchSampler
+from quad_doctor.trainer.samplers import SAMPLERS, BatchSampler, StratifiedBatchSampler
 from quad_doctor.trainer.schedule import LRSchedule
 from quad_doctor.trainer.synthetic import embedded_default
 
@@ -45,17 +45,22 @@ def build_dataset(config: Config) -> QuadDataset:
 def build_sampler(
     config: Config, dataset: QuadDataset | Manifest, rank: int = 0, world_size: int = 1
 ) -> BatchSampler:
-    """The training-split batch sampler named by `train.sampler`; labels come from the manifest."""
+    """The training-split batch sampler named by `train.sampler`; labels come from the manifest.
+
+    `stratified` is `quad_doctor.StratifiedBatchSampler`, the class users are given as the fix."""
     manifest = dataset.manifest if isinstance(dataset, QuadDataset) else dataset
     rows = np.flatnonzero(manifest.splits == "train")
-    sampler = SAMPLERS[config.train.sampler](
-        rows,
-        manifest.labels[rows],
-        config.train.batch_size,
-        seed=config.train.seed,
-        rank=rank,
-        world_size=world_size,
-    )
+    train = config.train
+    if train.sampler == "stratified":  # the public class users get as the fix
+        sampler: BatchSampler = StratifiedBatchSampler(
+            manifest.labels, train.batch_size, indices=rows, seed=train.seed,
+            num_replicas=world_size, rank=rank,
+        )  # fmt: skip
+    else:
+        sampler = SAMPLERS[train.sampler](
+            rows, manifest.labels[rows], train.batch_size, seed=train.seed, rank=rank,
+            world_size=world_size,
+        )  # fmt: skip
     if len(sampler) == 0:
         raise UsageError(
             f"train.batch_size: {config.train.batch_size} x {world_size} process(es) exceeds "

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import random
 
@@ -92,6 +93,28 @@ def test_verdicts_on_the_configured_learning_rate():
     assert analyse(sweep, end * 2, 1.0).verdict == "too-high"
     assert analyse(sweep, 1e-4, training_movement=1e-9).verdict == "too-low"
     assert analyse(sweep, 30.0, 1.0).verdict == "too-high"
+
+
+def test_two_decades_under_a_reliable_valley_is_too_low_whatever_the_movement():
+    sweep = synthetic_sweep(valley_curve())
+    bottom = analyse(sweep, 1e-4, 1.0).valley["bottom_lr"]
+    below = analyse(sweep, bottom / 150, training_movement=1e6)
+    assert below.verdict == "too-low" and below.too_low_because == "decades"
+    assert analyse(sweep, bottom / 50, training_movement=1e6).verdict == "ok"
+
+
+def test_sgd_movement_is_measured_per_unit_of_lr_not_assumed():
+    curve = valley_curve()
+    lrs = sweep_lrs(1e-6, 1e-1, len(curve))
+    # an optimizer whose step moves the weights by 0.01 x lr (a small gradient)
+    sweep = dataclasses.replace(synthetic_sweep(curve, lrs), movement=[0.01 * lr for lr in lrs])
+    test = analyse(sweep, lrs[31], training_movement=sum(lrs[:31]) * 2)
+    # the schedule's sum of lr is twice the sweep's up to the onset, so at the same measured
+    # movement per lr it moves twice as far as the sweep had: not too low
+    assert test.training_movement == pytest.approx(0.01 * sum(lrs[:31]) * 2, rel=1e-6)
+    assert test.sweep_movement == pytest.approx(0.01 * sum(lrs[: 31 + 1]), rel=0.1)
+    assert test.verdict == "ok"
+    assert analyse(sweep, lrs[31], training_movement=sum(lrs[:31]) / 10).verdict == "too-low"
 
 
 def test_a_sweep_that_ends_inside_the_valley_leaves_its_end_open():
