@@ -163,12 +163,23 @@ class LRRangeTest(Check):
         sweep = test.sweep
         evidence["single_class_batches"] = f"{sweep.single_class_batches}/{sweep.batches}"
         evidence["batches_without_positives"] = f"{sweep.batches_without_positives}/{sweep.batches}"
-        size = len(ctx.epoch_batches()[0])
+        size = ctx.batch_size
         span = evidence["swept"]
         if sweep.stop_reason == "nan" and len(sweep.lr) < 3:
             title = f"the loss is NaN/Inf from the first steps, at lr {sweep.first_lr:.2g}"
             cause = "non-finite values come from the data or the model, not the learning rate"
             remedy = "Fix the non-finite inputs (see data-integrity); the LR is not the cause."
+        elif sweep.stop_reason == "nan":
+            at = len(sweep.lr)
+            title = (
+                f"the sweep stopped at step {at}: the loss became NaN/Inf at lr "
+                f"{sweep.lr[-1]:.2g} before any valley showed"
+            )
+            cause = "a NaN/Inf loss at a learning rate too small to diverge"
+            remedy = (
+                "Find where the loss turns non-finite (a batch without a positive pair makes a "
+                "SupCon that averages over anchors 0/0; see sampler-class-mix), then sweep again."
+            )
         elif sweep.batches and sweep.batches_without_positives == sweep.batches:
             title = "the loss does not respond to the learning rate: no batch has a positive pair"
             cause = "SupCon is 0 without positives"

@@ -142,7 +142,7 @@ class LRScheduleCheck(Check):
                 evidence,
                 f"Use lr={RECOMMENDED_LEARNING_RATE:g} (a common AdamW fine-tuning rate), then "
                 "confirm it with the lr-range-test.",
-                explains=("lr-range-test",),
+                explains=_explained_by_peak(evidence),
                 code_change=f"optimizer = torch.optim.{type(ctx.optimizer).__name__}(params, "
                 f"lr={RECOMMENDED_LEARNING_RATE:g}, ...)",
                 # a scheduler instance is bound to the old optimizer: not applied automatically
@@ -219,7 +219,7 @@ class LRScheduleCheck(Check):
                 patch,
                 # a peak that cannot move the weights, or rewrites them, is why the range test
                 # finds the configured learning rate too low or too high
-                explains=("lr-range-test",),
+                explains=_explained_by_peak(evidence),
             )
         if cosine and config.warmup_epochs >= config.num_epochs:
             epochs = repaired_warmup_epochs(config.num_epochs)
@@ -272,3 +272,12 @@ class LRScheduleCheck(Check):
                 f"{step:.0%} of its typical size ({evidence['weight_scale_rms']:.2g})"
             )
         return None
+
+
+def _explained_by_peak(evidence: dict[str, Any]) -> tuple[str, ...]:
+    """A peak that cannot move the weights is why the range test calls it too low; one that
+    rewrites them each step is also why the gradient probe sees exploding updates."""
+    step = evidence["peak_step_fraction"]
+    if step is not None and step >= LARGE_STEP:
+        return ("lr-range-test", "gradient-flow")
+    return ("lr-range-test",)

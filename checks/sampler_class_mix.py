@@ -21,6 +21,9 @@ NO_POSITIVE_WARNING = 0.05
 SHOWN_BATCHES = 3
 # How many leading batches the HTML report draws as stacked label counts.
 PICTURED_BATCHES = 24
+# Anchors without a positive make a SupCon that averages over anchors NaN on batches with none,
+# and starve the rest: what the LR sweep and the gradient probe then see is their symptom.
+NO_POSITIVE_EXPLAINS = ("lr-range-test", "gradient-flow")
 # What a sampler that leaves SupCon nothing to learn explains, before and during training.
 CRITICAL_EXPLAINS = ("loss-bounds", "lr-range-test", "embedding-collapse", "loss-pinned", "plateau")
 
@@ -108,7 +111,10 @@ def class_mix_finding(
     positives = np.concatenate([positives_per_anchor(b) for b in batches])
     single_class_share = float(np.mean(classes_per_batch == 1))
     no_positive_share = float(np.mean(positives == 0))
-    size = len(batches[0])  # what SupCon contrasts: all ranks' batches when it gathers them
+    # what SupCon contrasts (all ranks' batches when it gathers them): the most common length,
+    # not a leftover batch
+    lengths, counts = np.unique([len(b) for b in batches], return_counts=True)
+    size = int(lengths[counts == counts.max()].max())
     collapse = supcon_collapse_value(size)
     verdict = class_mix_verdict(single_class_share, no_positive_share, size, collapse)
     if verdict is None:
@@ -150,7 +156,13 @@ def class_mix_finding(
         config_patch=patch,
         # Only a sampler that leaves SupCon nothing to learn explains a flat loss and LR curve
         # (and, live, the collapsed embeddings and the loss pinned at ln(B-1)).
-        explains=CRITICAL_EXPLAINS if severity is Severity.CRITICAL else (),
+        explains=(
+            CRITICAL_EXPLAINS
+            if severity is Severity.CRITICAL
+            else NO_POSITIVE_EXPLAINS
+            if severity is Severity.ERROR
+            else ()
+        ),
         code_change=code,
         setup_patch=setup_patch,
     )

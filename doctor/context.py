@@ -296,6 +296,55 @@ class LossBounds:
     floor_at_norm: float  # the same at the model's own output norm (what an overfit can reach)
 
 
+def bounds_key(labels: np.ndarray) -> tuple[int, ...]:
+    """What a batch's loss bounds depend on: its sorted class sizes (the probe treats every class
+    alike), so batches with the same mix share one probe."""
+    counts = np.bincount(np.unique(np.asarray(labels), return_inverse=True)[1])
+    return tuple(sorted(counts.tolist()))
+
+
+def probe_loss_bounds(
+    loss: Callable[[Tensor, Tensor], Tensor],
+    labels: np.ndarray,
+    width: int,
+    norm: float,
+    fixed_norm: bool,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+) -> LossBounds:
+    """The collapse value and the floor of `loss` for a batch with these labels, measured by
+    calling it with synthetic outputs of `width` columns.
+
+    Collapse: every row zero, the output of a model that ignores its input (ln(B-1) for SupCon,
+    ln K for cross-entropy on a balanced batch). Floor: each class's rows on their own direction
+    (one-hot at the label when the width allows, so logits pick the right class; else seeded
+    random directions), centred and scaled to the model's output `norm`, and to 10× and 100× it
+    when the model does not fix that norm.
+    """
+    labels = np.asarray(labels)
+    target = torch.as_tensor(labels, dtype=torch.int64, device=device)
+    classes, inverse = np.unique(labels, return_inverse=True)
+    if classes.max() < width:
+        directions = torch.eye(width)[torch.as_tensor(classes)]
+    else:
+        generator = torch.Generator().manual_seed(seed)
+        directions = torch.randn(len(classes), width, generator=generator)
+    if len(classes) > 1:
+        directions = directions - directions.mean(dim=0)
+    directions = directions / torch.linalg.vector_norm(directions, dim=1, keepdim=True).clamp(
+        min=1e-12
+    )
+    separated = directions[torch.as_tensor(inverse)].to(device)
+    with torch.no_grad():
+        collapse = float(loss(torch.zeros_like(separated), target))
+        if not math.isfinite(collapse):  # a loss that divides by the norm: one shared row
+            collapse = float(loss(separated[:1].expand_as(separated) * norm, target))
+        at_norm = float(loss(separated * norm, target))
+        scales = (1.0,) if fixed_norm else FREE_NORM_SCALES
+        floor = min(float(loss(separated * norm * s, target)) for s in scales)
+    return LossBounds(collapse, floor, at_norm)
+
+
 class DiagnosisContext:
     """One setup's pieces and measurements, built lazily and shared by every check."""
 
@@ -439,6 +488,14 @@ class DiagnosisContext:
         return copy.deepcopy(batch_sampler_of(self.setup.train_loader))
 
     @cached_property
+    def batch_size(self) -> int:
+        """The batch size training runs with: the sampler's most common batch length (a first
+        or last batch of leftovers does not count)."""
+        lengths = np.array([len(b) for b in self.epoch_batches()])
+        values, counts = np.unique(lengths, return_counts=True)
+        return int(values[counts == counts.max()].max())
+
+    @cached_property
     def steps_per_epoch(self) -> int:
         """Optimisation steps in one epoch, as the batch sampler yields them."""
         sampler = batch_sampler_of(self.setup.train_loader)
@@ -500,7 +557,12 @@ class DiagnosisContext:
         labels = self.labels[rows_pool]
         rng = np.random.default_rng(self.seed)
         by_class = [rng.permutation(rows_pool[labels == c]) for c in np.unique(labels)]
-        size = min(int(np.median([len(b) for b in self.epoch_batches()])), len(rows_pool))
+        size = min(self.batch_size, len(rows_pool))
+        if size < 2 * len(by_class):
+            # more classes than pairs fit: size // 2 classes that have a pair, two samples each
+            pairable = [group for group in by_class if len(group) >= 2]
+            chosen = rng.permutation(len(pairable))[: max(1, size // 2)]
+            by_class = [pairable[i][:2] for i in sorted(chosen)] or by_class
         rows: list[int] = []
         depth = 0
         while len(rows) < size:  # deal one sample of each class per round
@@ -620,45 +682,18 @@ class DiagnosisContext:
         }
 
     def loss_bounds(self, labels: np.ndarray) -> LossBounds | None:
-        """The collapse value and the floor of `loss_fn` for a batch with these labels, measured
-        by probing it with synthetic outputs (None when the outputs are not one row per sample).
-
-        Collapse: every row zero, the output of a model that ignores its input (ln(B-1) for
-        SupCon, ln K for cross-entropy on a balanced batch). Floor: each class's rows on their
-        own direction (one-hot at the label when the width allows, so logits pick the right
-        class; else seeded random directions), centred and scaled to the model's output norm, and
-        to 10× and 100× it when that norm is free to grow.
-        """
+        """The collapse value and the floor of `loss_fn` for a batch with these labels (see
+        `probe_loss_bounds`); None when the outputs are not one row per sample."""
         probe = self.output_probe
         if not probe["probe"]:
             return None
-        key = tuple(np.asarray(labels).tolist())
-        if key in self._bounds:
-            return self._bounds[key]
-        width, norm = probe["width"], probe["norm"] or 1.0
-        target = torch.as_tensor(np.asarray(labels), dtype=torch.int64, device=self.device)
-        classes, inverse = np.unique(np.asarray(labels), return_inverse=True)
-        if classes.max() < width:
-            directions = torch.eye(width)[torch.as_tensor(classes)]
-        else:
-            generator = torch.Generator().manual_seed(self.seed)
-            directions = torch.randn(len(classes), width, generator=generator)
-        if len(classes) > 1:
-            directions = directions - directions.mean(dim=0)
-        directions = directions / torch.linalg.vector_norm(directions, dim=1, keepdim=True).clamp(
-            min=1e-12
-        )
-        separated = directions[torch.as_tensor(inverse)].to(self.device)
-        with torch.no_grad():
-            collapse = float(self.loss(torch.zeros_like(separated), target))
-            if not math.isfinite(collapse):  # a loss that divides by the norm: one shared row
-                collapse = float(self.loss(separated[:1].expand_as(separated) * norm, target))
-            at_norm = float(self.loss(separated * norm, target))
-            scales = (1.0,) if probe["fixed_norm"] else FREE_NORM_SCALES
-            floor = min(float(self.loss(separated * norm * s, target)) for s in scales)
-        bounds = LossBounds(collapse, floor, at_norm)
-        self._bounds[key] = bounds
-        return bounds
+        key = bounds_key(labels)
+        if key not in self._bounds:
+            self._bounds[key] = probe_loss_bounds(
+                self.loss, labels, probe["width"], probe["norm"] or 1.0, probe["fixed_norm"],
+                self.seed, self.device,
+            )  # fmt: skip
+        return self._bounds[key]
 
     def bound_batches(self, batches: list[np.ndarray]) -> list[np.ndarray]:
         """At most `MAX_BOUND_BATCHES` of `batches`, evenly spread."""

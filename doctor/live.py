@@ -25,7 +25,14 @@ import torch.nn.functional as F
 from rich.text import Text
 
 from quad_doctor.checks import ALL_CHECKS
-from quad_doctor.context import isolated_rng, manifest_class_counts, weight_scale
+from quad_doctor.context import (
+    LossBounds,
+    bounds_key,
+    isolated_rng,
+    manifest_class_counts,
+    probe_loss_bounds,
+    weight_scale,
+)
 from quad_doctor.engine import describe_run
 from quad_doctor.findings import CheckRun, Finding, Report, Severity, Verification, rank_findings
 from quad_doctor.live_rules import LIVE_RULES, GradientSummary, Rule, RunFacts, StepRecord
@@ -152,6 +159,7 @@ class LiveDoctor(Callback):
         self.sample_ids = trainer.dataset.sample_ids
         self.trainer = trainer
         self._pending: list[_Step] = []
+        self._probed: dict[tuple[int, ...], LossBounds] = {}
         self._before: list[torch.Tensor] | None = None
         self._measuring = False
         self._last_end: float | None = None
@@ -231,6 +239,20 @@ class LiveDoctor(Callback):
         if measured:
             self._rebudget()
 
+    def _bounds(self, labels: np.ndarray) -> LossBounds:
+        """The loss's collapse value and floor for these labels, probed from the trainer's own
+        loss as the pre-flight loss-bounds check probes it; cached by the batch's class sizes."""
+        key = bounds_key(labels)
+        if key not in self._probed:
+            trainer = self.trainer
+            fusion = trainer.config.model.fusion
+            self._probed[key] = probe_loss_bounds(
+                lambda outputs, target: trainer.loss_fn(outputs, target).loss,
+                labels, fusion.dim, 1.0, fusion.l2_normalize, trainer.config.train.seed,
+                trainer.device,
+            )  # fmt: skip
+        return self._probed[key]
+
     def _record(self, data: _Step) -> StepRecord:
         labels = data.labels.cpu().numpy()
         if data.rank_labels is not None and self.facts.config.dist.gather_features:
@@ -248,8 +270,8 @@ class LiveDoctor(Callback):
             indices=data.indices,
             classes=int(np.count_nonzero(counts)),
             positives=positives,
-            floor=float(np.log(has).mean()) if has.size else math.nan,
-            collapse=supcon_collapse_value(len(labels)) if len(labels) > 1 else math.nan,
+            floor=self._bounds(labels).floor if has.size else math.nan,
+            collapse=self._bounds(labels).collapse if len(labels) > 1 else math.nan,
             rank_labels=data.rank_labels,
         )
 

@@ -135,7 +135,9 @@ def run_sweep(
     model.train()
     optimizer = ctx.optimizer_for(model)
     batches = ctx.epoch_batches(epoch)
-    held_out, train = batches[0], batches[1:] or batches
+    # held out: the first batch of the usual size (a batch of leftovers would be noisier)
+    first = next(i for i, b in enumerate(batches) if len(b) == ctx.batch_size)
+    held_out, train = batches[first], (batches[:first] + batches[first + 1 :]) or batches
     probe = ctx.batch(held_out)
     bounds = ctx.loss_bounds(ctx.labels[held_out])
     collapse = bounds.collapse if bounds is not None else supcon_collapse_value(len(held_out))

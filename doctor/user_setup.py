@@ -18,6 +18,13 @@ from typing import Any
 from quad_doctor.trainer.errors import SetupError
 from quad_doctor.trainer.setup import TrainingSetup
 
+# quad-doctor's own source folders (an editable install maps them into `quad_doctor`); a user file
+# anywhere else, even inside this repository (examples/), is the user's.
+PACKAGE_FOLDERS = tuple(
+    Path(importlib.util.find_spec(name).origin).resolve().parent
+    for name in ("quad_doctor", "quad_doctor.trainer", "quad_doctor.checks", "quad_doctor.reports")
+)
+
 
 def load_setup(spec: str) -> TrainingSetup:
     """Call the function `spec` names and return the `TrainingSetup` it builds."""
@@ -106,12 +113,13 @@ def user_frame(exc: BaseException, function: bool = True) -> str:
     """`src/models/encoders.py:42 in forward`: the innermost frame of a traceback that lies in the
     user's code (not in quad-doctor, the standard library or an installed package); "" when none
     does."""
-    own = Path(__file__).resolve().parent.parent
     for frame in reversed(traceback.extract_tb(exc.__traceback__)):
         if frame.filename.startswith("<"):
             continue  # <string>, <frozen …>
         resolved = Path(frame.filename).resolve()
-        if resolved.is_relative_to(own) or "site-packages" in resolved.parts:
+        if any(resolved.is_relative_to(folder) for folder in PACKAGE_FOLDERS):
+            continue
+        if "site-packages" in resolved.parts:
             continue
         if "/lib/python" in str(resolved):
             continue
