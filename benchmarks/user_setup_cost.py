@@ -53,7 +53,9 @@ def slowed(setup: qd.TrainingSetup, delay: float) -> tuple[qd.TrainingSetup, lis
     def loader(original: DataLoader) -> DataLoader:
         slow = SlowItems(original.dataset, delay)
         wrapped.append(slow)
-        return DataLoader(slow, batch_sampler=original.batch_sampler, collate_fn=original.collate_fn)
+        return DataLoader(
+            slow, batch_sampler=original.batch_sampler, collate_fn=original.collate_fn
+        )
 
     return setup.replace(
         train_loader=loader(setup.train_loader), val_loader=loader(setup.val_loader)
@@ -72,7 +74,7 @@ def main() -> None:
     sys.path.insert(0, str(EXAMPLE))
     import doctor_setup
 
-    table = Table(title=f"diagnose on examples/har_project (batch 32), seconds per check")
+    table = Table(title="diagnose on examples/har_project (batch 32), seconds per check")
     table.add_column("check")
     runs = {}
     for delay in (0.0, args.delay_ms / 1000):
