@@ -289,7 +289,8 @@ def analyse(sweep: Sweep, configured_lr: float, training_movement: float) -> Ran
       `REBOUND` of its descent, collapsed, diverged or went NaN.
     - `too-low`: the configured schedule's whole movement is below what the sweep had moved
       when its loss began to fall (see `RangeTest.training_movement`), or the learning rate lies
-      `DECADES_UNDER_VALLEY` times or more under a reliable valley's bottom.
+      `DECADES_UNDER_VALLEY` times or more under the bottom of a reliable valley whose end the
+      sweep saw (one that ends with the sweep may go deeper still).
     - `ok` otherwise.
     """
     lrs = np.asarray(sweep.lr)
@@ -351,7 +352,11 @@ def analyse(sweep: Sweep, configured_lr: float, training_movement: float) -> Ran
         verdict = "too-high"
     elif training_movement < sweep_movement:
         verdict, because = "too-low", "movement"
-    elif level != "low" and configured_lr * DECADES_UNDER_VALLEY <= lrs[bottom]:
+    elif (
+        end_lr is not None
+        and level != "low"
+        and configured_lr * DECADES_UNDER_VALLEY <= lrs[bottom]
+    ):
         verdict, because = "too-low", "decades"
     else:
         verdict = "ok"

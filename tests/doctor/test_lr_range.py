@@ -177,10 +177,9 @@ def test_mid_training_state_is_left_bit_exact(small_overrides):
     ctx = context(small_overrides)
     model, optimizer = ctx.model, ctx.optimizer
     for rows in ctx.epoch_batches()[:2]:  # a model and optimizer in the middle of training
-        batch = ctx.batch(rows)
-        loss = ctx.loss_fn(model(batch.video, batch.audio, batch.sensor, batch.text), batch.labels)
+        loss = ctx.step_loss(model, ctx.batch(rows))
         optimizer.zero_grad()
-        loss.loss.backward()
+        loss.backward()
         optimizer.step()
     random.seed(3)
     np.random.seed(3)

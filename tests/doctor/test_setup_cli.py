@@ -67,8 +67,15 @@ def har_data(small_dataset, monkeypatch):
 
 
 def test_the_example_projects_sampler_is_ranked_first_with_a_verified_code_fix(tmp_path, har_data):
-    code, stdout, stderr = diagnose_setup(f"{EXAMPLE}:build", tmp_path, "--fail-on", "critical")
+    page = tmp_path / "page.html"
+    code, stdout, stderr = diagnose_setup(
+        f"{EXAMPLE}:build", tmp_path, "--fail-on", "critical", "--html", str(page)
+    )
     assert code == 1, stderr
+    html = page.read_text()
+    assert "setup: " in html and "doctor_setup.py:build" in html and "QuadModalNet" in html
+    assert "Code change" in html and "StratifiedBatchSampler(labels, batch_size=32)" in html
+    assert "Fix verified: with the change applied to a copy" in html
     report = json.loads((tmp_path / "report.json").read_text())
     top = report["findings"][0]
     assert top["check"] == "sampler-class-mix" and top["severity"] == "critical"
