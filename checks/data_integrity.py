@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from quad_doctor.checks.base import Check
+from quad_doctor.checks.base import Check, SkipCheck
 from quad_doctor.context import DiagnosisContext, indices_of, streams_of
 from quad_doctor.findings import Finding, Severity
 from quad_doctor.trainer.synthetic import SILENT_FRACTION
@@ -347,6 +347,8 @@ class DataIntegrity(Check):
 
     def run(self, ctx: DiagnosisContext) -> Iterator[Finding]:
         samples = read_samples(ctx)
+        if not samples.arrays:
+            raise SkipCheck("the batches hold no tensor inputs to scan")
         self.samples = samples
         n = len(samples.labels)
         rng = np.random.default_rng(SIGNAL_SEED)

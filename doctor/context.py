@@ -59,6 +59,8 @@ MAX_BOUND_BATCHES = 64
 # Output scales the class-separated probe tries when the model's output norm is free (logits):
 # a loss such as cross-entropy only reaches its floor as the margin grows.
 FREE_NORM_SCALES = (1.0, 10.0, 100.0)
+# Host memory the context may keep read batches in (about 40 batches of the embedded default).
+BATCH_CACHE_BYTES = 256 * 2**20
 # Output rows whose norms differ by less than this share are normalised by the model.
 FIXED_NORM_SPREAD = 1e-3
 
@@ -229,15 +231,20 @@ def streams_of(inputs: Any) -> dict[str, Tensor]:
     return {}
 
 
+def map_tensors(value: Any, function: Callable[[Tensor], Tensor]) -> Any:
+    """`function` applied to every tensor in `value` (in dicts, tuples and lists too)."""
+    if isinstance(value, Tensor):
+        return function(value)
+    if isinstance(value, Mapping):
+        return {k: map_tensors(v, function) for k, v in value.items()}
+    if isinstance(value, tuple | list):
+        return type(value)(map_tensors(v, function) for v in value)
+    return value
+
+
 def to_device(value: Any, device: torch.device) -> Any:
     """Tensors (in dicts, tuples and lists too) moved to `device`; anything else as it is."""
-    if isinstance(value, Tensor):
-        return value.to(device, non_blocking=True)
-    if isinstance(value, Mapping):
-        return {k: to_device(v, device) for k, v in value.items()}
-    if isinstance(value, tuple | list):
-        return type(value)(to_device(v, device) for v in value)
-    return value
+    return map_tensors(value, lambda tensor: tensor.to(device, non_blocking=True))
 
 
 @dataclass(eq=False)
@@ -364,6 +371,8 @@ class DiagnosisContext:
         # Called while long work runs: (what, done, total), for a progress bar.
         self.on_progress: Callable[[str, int, int], None] | None = None
         self._bounds: dict[tuple[int, ...], LossBounds] = {}
+        self._batches: dict[bytes, tuple[Any, Tensor]] = {}
+        self._cached_bytes = 0
 
     # -- the setup -------------------------------------------------------------------------------
 
@@ -583,9 +592,23 @@ class DiagnosisContext:
         return collate(items)
 
     def batch(self, indices: np.ndarray) -> StepBatch:
-        """The samples at `indices`, split into inputs and labels by `batch_fn`, on the device."""
-        inputs, labels = self.batch_fn(self.read(indices))
-        labels = torch.as_tensor(labels)
+        """The samples at `indices`, split into inputs and labels by `batch_fn`, on the device.
+
+        Batches read once are kept (on the host, up to `BATCH_CACHE_BYTES`): the LR sweep cycles
+        through the epoch's batches, and a dataset that decodes every item pays for each once.
+        """
+        key = np.asarray(indices, dtype=np.int64).tobytes()
+        cached = self._batches.get(key)
+        if cached is None:
+            inputs, labels = self.batch_fn(self.read(indices))
+            cached = (inputs, torch.as_tensor(labels))
+            size = sum(t.nbytes for t in (*streams_of(inputs).values(), cached[1]))
+            if self._cached_bytes + size <= BATCH_CACHE_BYTES:
+                self._batches[key] = cached
+                self._cached_bytes += size
+        if key in self._batches:  # hand out a copy: a forward may edit its inputs in place
+            cached = (map_tensors(cached[0], Tensor.clone), cached[1].clone())
+        inputs, labels = cached
         return StepBatch(
             to_device(inputs, self.device), labels.to(self.device), np.asarray(indices)
         )
@@ -837,7 +860,8 @@ class DiagnosisContext:
             "loss": getattr(setup.loss_fn, "__qualname__", type(setup.loss_fn).__name__),
             "optimizer": type(self.optimizer).__name__ if self.optimizer else None,
             "scheduler": type(setup.scheduler).__name__ if setup.scheduler is not None else None,
-            "batch_sampler": type(sampler).__name__,
+            # module too: the team's own class may be called StratifiedBatchSampler as well
+            "batch_sampler": f"{type(sampler).__module__}.{type(sampler).__qualname__}",
             "dataset": type(self.train_dataset).__name__,
             "num_samples": len(self.labels),
             "classes": self.class_names,

@@ -146,6 +146,12 @@ class TrainingSetup:
                 ) from None
             if array.ndim != 1 or not np.issubdtype(array.dtype, np.integer):
                 raise _wrong("labels", "one integer class label per dataset index", self.labels)
+            size = _length(self.train_loader.dataset)
+            if size is not None and len(array) != size:
+                raise SetupError(
+                    f"TrainingSetup.labels: {len(array)} labels for a training dataset of {size} "
+                    "items (one label per dataset index)"
+                )
         for name in ("batch_fn", "forward_fn", "parameter_group"):
             value = getattr(self, name)
             if value is not None and not callable(value):
@@ -167,6 +173,13 @@ def batch_sampler_of(loader: Any) -> Any:
     if getattr(loader, "dataset", None) is None:
         return None
     return getattr(loader, "batch_sampler", None)
+
+
+def _length(dataset: Any) -> int | None:
+    try:
+        return len(dataset)
+    except TypeError:
+        return None
 
 
 def _wrong(name: str, expected: str, value: Any) -> SetupError:

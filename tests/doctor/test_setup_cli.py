@@ -86,7 +86,7 @@ def test_the_example_projects_sampler_is_ranked_first_with_a_verified_code_fix(t
     assert {"loss-bounds", "lr-range-test"} <= explained
     assert "fix verified: with the change applied to a copy" in stdout
     assert report["context"]["setup"].endswith("doctor_setup.py:build")
-    assert report["context"]["batch_sampler"] == "StratifiedBatchSampler"
+    assert report["context"]["batch_sampler"] == "src.samplers.StratifiedBatchSampler"
     assert not (tmp_path / "run" / "config.toml").exists()  # no embedded config to save
 
 
@@ -138,6 +138,11 @@ def test_a_healthy_cross_entropy_setup_from_a_module_name(tmp_path, monkeypatch)
             ["doctor_setup.py", "TrainingSetup.model: expected a torch.nn.Module, got str"],
         ),
         ("x = 1\n", "", ["expected FILE.py:FUNCTION"]),
+        (
+            TINY.replace("labels=labels,", "labels=labels[:100],"),
+            ":build",
+            ["TrainingSetup.labels: 100 labels for a training dataset of 240 items"],
+        ),
     ],
 )
 def test_bad_setups_are_one_line_naming_the_users_file(tmp_path, body, spec_suffix, fragments):
@@ -242,3 +247,16 @@ def test_diagnosis_changes_nothing_of_the_users(tmp_path):
     assert random.getstate() == rng[0]
     assert np.array_equal(np.random.get_state()[1], rng[1])
     assert torch.equal(torch.get_rng_state(), rng[2])
+
+
+def test_lr_range_test_runs_on_a_setup_whose_labels_are_read_through_the_dataset(tmp_path):
+    # no `labels=`: a TensorDataset has no targets/labels attribute, so they are read once
+    path = write(tmp_path, TINY.replace("        labels=labels,\n", ""))
+    code, stdout, stderr = run(
+        "lr-range-test", "--setup", f"{path}:build", "--iters", "30",
+        "--json", str(tmp_path / "lr.json"), "--run-dir", str(tmp_path / "run"),
+    )  # fmt: skip
+    assert code == 0, stdout + stderr
+    test = json.loads((tmp_path / "lr.json").read_text())["lr_range_test"]
+    assert test["verdict"] in ("ok", "too-low", "too-high") and len(test["lr"]) >= 10
+    assert (tmp_path / "run" / "lr_range_test.svg").is_file()
