@@ -284,17 +284,21 @@ def cosine_schedule(total_steps: int) -> Callable[[torch.optim.Optimizer], LRSch
 
 
 def cross_entropy_setup(
-    model_class: type[nn.Module], lr: float, loss_fn: Callable | None = None
+    model_class: type[nn.Module],
+    lr: float,
+    loss_fn: Callable | None = None,
+    data: ActivityWindows | None = None,
+    optimizer: type[torch.optim.Optimizer] = torch.optim.Adam,
 ) -> qd.TrainingSetup:
-    """A `model_class` classifier trained with `loss_fn` (default cross-entropy) and Adam at `lr`
-    on shuffled batches."""
+    """A `model_class` classifier trained with `loss_fn` (default cross-entropy) and `optimizer`
+    at `lr` on shuffled batches of `data` (default: the healthy windows)."""
     torch.manual_seed(SEED)
     model = model_class()
     return qd.TrainingSetup(
         model=model,
         loss_fn=loss_fn or nn.CrossEntropyLoss(),
-        optimizer=torch.optim.Adam(model.parameters(), lr=lr),
-        train_loader=shuffled_loader(ActivityWindows()),
+        optimizer=optimizer(model.parameters(), lr=lr),
+        train_loader=shuffled_loader(data or ActivityWindows()),
         epochs=EPOCHS,
     )
 
@@ -441,31 +445,16 @@ def warmup_never_ends() -> qd.TrainingSetup:
 
 def nan_inputs() -> qd.TrainingSetup:
     """2 % of the samples carry NaN in their sensor window (dropped packets)."""
-    torch.manual_seed(SEED)
-    model = TwoStreamNet()
-    return qd.TrainingSetup(
-        model=model,
-        loss_fn=nn.CrossEntropyLoss(),
-        optimizer=torch.optim.AdamW(model.parameters(), lr=1e-3),
-        train_loader=shuffled_loader(ActivityWindows(nan_share=0.02)),
-        epochs=EPOCHS,
+    return cross_entropy_setup(
+        TwoStreamNet, 1e-3, data=ActivityWindows(nan_share=0.02), optimizer=torch.optim.AdamW
     )
 
 
 def dead_stream() -> qd.TrainingSetup:
     """The table features were never joined in: the tabular stream is all zeros."""
-    torch.manual_seed(SEED)
-    model = TwoStreamNet()
-    return qd.TrainingSetup(
-        model=model,
-        loss_fn=nn.CrossEntropyLoss(),
-        optimizer=torch.optim.AdamW(model.parameters(), lr=1e-3),
-        train_loader=shuffled_loader(ActivityWindows(dead="tabular")),
-        epochs=EPOCHS,
+    return cross_entropy_setup(
+        TwoStreamNet, 1e-3, data=ActivityWindows(dead="tabular"), optimizer=torch.optim.AdamW
     )
-
-
-# -- broken code ---------------------------------------------------------------------------------
 
 
 def forward_raises() -> qd.TrainingSetup:
