@@ -130,7 +130,12 @@ class LossBounds(Check):
             Severity.WARNING,
             f"the untrained model's outputs are collapsed: its loss starts at the collapse value "
             f"{collapse:.4f} (output spread {spread:.1e} of their norm)",
-            {**evidence, "output_spread": float(f"{spread:.3g}")},
+            {
+                **evidence,
+                "collapse_value": round(collapse, 4),
+                "floor": round(collapse - room, 4),
+                "output_spread": float(f"{spread:.3g}"),
+            },
             "Every sample maps to (nearly) the same output before training, so the gradients that "
             "would separate classes are ~0. Look for a layer that erases the input (a LayerNorm "
             "over very few features, a zero-initialised projection, a saturated activation).",

@@ -77,3 +77,20 @@ def test_the_supcontrast_formula_with_a_base_temperature_is_measured_not_assumed
     assert found.severity is Severity.CRITICAL
     assert found.evidence["collapse_value"] == pytest.approx(scaled, abs=1e-3)
     assert found.evidence["floor"] == pytest.approx(scaled, abs=1e-3)
+
+
+def test_an_untrained_model_whose_outputs_are_one_point_starts_at_the_collapse_value():
+    labels = torch.arange(96) % 6  # six classes in every batch: room to fall
+    model = torch.nn.Linear(8, 4)
+    torch.nn.init.zeros_(model.weight)  # every sample maps to the bias: one point
+    setup = TrainingSetup(
+        model=model,
+        loss_fn=SupConScalar(load_config()),
+        optimizer=torch.optim.AdamW(model.parameters()),
+        train_loader=DataLoader(TensorDataset(torch.randn(96, 8), labels), batch_size=16),
+    )
+    (found,) = LossBounds().run(DiagnosisContext(setup))
+    assert found.severity is Severity.WARNING
+    assert found.title.startswith("the untrained model's outputs are collapsed")
+    assert found.evidence["untrained_loss"] == pytest.approx(math.log(15), abs=1e-3)
+    assert found.evidence["collapse_value"] == pytest.approx(math.log(15), abs=1e-3)
