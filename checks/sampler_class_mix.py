@@ -81,9 +81,12 @@ class SamplerClassMix(Check):
                 np.bincount(b, minlength=width).tolist() for b in batches[:PICTURED_BATCHES]
             ],
         }
-        finding = class_mix_finding(
-            batches, ctx.config, classes, user=None if ctx.config else ctx, **ranks
-        )
+        if ctx.config is None and not ctx.pair_based:
+            finding = per_sample_mix_finding(batches, ctx)
+        else:
+            finding = class_mix_finding(
+                batches, ctx.config, classes, user=None if ctx.config else ctx, **ranks
+            )
         if finding is not None:
             yield finding
 
@@ -163,6 +166,34 @@ def class_mix_finding(
             if severity is Severity.ERROR
             else ()
         ),
+        code_change=code,
+        setup_patch=setup_patch,
+    )
+
+
+def per_sample_mix_finding(batches: list[np.ndarray], ctx: DiagnosisContext) -> Finding | None:
+    """For a per-sample loss (cross-entropy): positives do not matter, but a batch of one class
+    pulls every update towards that class."""
+    single_class_share = float(np.mean([len(np.unique(b)) == 1 for b in batches]))
+    if single_class_share <= SINGLE_CLASS_CRITICAL:
+        return None
+    remedy, code, setup_patch = _user_remedy(ctx, ctx.batch_size)
+    return Finding(
+        check=SamplerClassMix.name,
+        severity=Severity.ERROR,
+        title=f"{single_class_share:.0%} of batches hold a single class: every update pulls the "
+        "model towards whichever class the batch holds",
+        evidence={
+            "sampler": sampler_name(ctx),
+            "batches": len(batches),
+            "batch_size": ctx.batch_size,
+            "loss": "per-sample (measured: a batch of distinct classes leaves it room to fall)",
+            "first_batches": [
+                batch_label_line(i, b) for i, b in enumerate(batches[:SHOWN_BATCHES])
+            ],
+            "single_class_batch_fraction": round(single_class_share, 4),
+        },
+        remedy=remedy,
         code_change=code,
         setup_patch=setup_patch,
     )

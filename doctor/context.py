@@ -59,6 +59,9 @@ MAX_BOUND_BATCHES = 64
 # Output scales the class-separated probe tries when the model's output norm is free (logits):
 # a loss such as cross-entropy only reaches its floor as the margin grows.
 FREE_NORM_SCALES = (1.0, 10.0, 100.0)
+# A loss that can fall less than this on a batch of distinct classes learns from pairs (as
+# loss-bounds' NO_ROOM_CRITICAL: SupCon has exactly 0 there, cross-entropy ln B).
+PAIRLESS_ROOM = 0.05
 # Host memory the context may keep read batches in (about 40 batches of the embedded default).
 BATCH_CACHE_BYTES = 256 * 2**20
 # Output rows whose norms differ by less than this share are normalised by the model.
@@ -717,6 +720,26 @@ class DiagnosisContext:
                 self.seed, self.device,
             )  # fmt: skip
         return self._bounds[key]
+
+    @cached_property
+    def pair_based(self) -> bool:
+        """Whether the loss learns from pairs within the batch (SupCon, triplet, InfoNCE): on a
+        batch of distinct classes it has no room between collapse and floor, where a per-sample
+        loss (cross-entropy) has all of it. Measured by probing the loss alone, with outputs one
+        column per class, so label-only checks need no model; a loss that cannot take such
+        outputs is taken to be SupCon-like."""
+        classes = np.unique(self.labels[self.train_indices])
+        distinct = classes[: self.batch_size]
+        if len(distinct) < 2:
+            return True
+        try:
+            bounds = probe_loss_bounds(
+                self.loss, distinct, int(classes.max()) + 1, 1.0, False, self.seed, self.device
+            )
+        except Exception:  # e.g. a loss with its own projection of a fixed width
+            return True
+        room = bounds.collapse - bounds.floor
+        return not math.isfinite(room) or room < PAIRLESS_ROOM
 
     def bound_batches(self, batches: list[np.ndarray]) -> list[np.ndarray]:
         """At most `MAX_BOUND_BATCHES` of `batches`, evenly spread."""
