@@ -312,7 +312,10 @@ class DataIntegrity(Check):
     """What the arrays hold: NaN/Inf, dead streams, duplicates, train/val leakage, empty rows.
 
     What it checks:
-        Reads every modality's memory-mapped array once, in chunks (never all of it at once):
+        Reads every modality's memory-mapped array once, in chunks (never all of it at once) —
+        or, for a user's dataset without such arrays, up to 2,000 training and 500 validation
+        items through its own `__getitem__`, collate function and `batch_fn` (at most 15 s), and
+        says what it covered and the NaN share it could have missed at 95 % confidence:
         samples holding NaN or Inf; streams that are the same in every sample (dead), or that
         vary but carry no class signal (a nearest-class-mean classifier on cheap summaries —
         spectral bands, edge and motion energy, token histograms — does no better than chance);
