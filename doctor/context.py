@@ -335,7 +335,8 @@ def probe_loss_bounds(
     target = torch.as_tensor(labels, dtype=torch.int64, device=device)
     classes, inverse = np.unique(labels, return_inverse=True)
     if classes.max() < width:
-        directions = torch.eye(width)[torch.as_tensor(classes)]
+        directions = torch.zeros(len(classes), width)
+        directions[torch.arange(len(classes)), torch.as_tensor(classes)] = 1.0
     else:
         generator = torch.Generator().manual_seed(seed)
         directions = torch.randn(len(classes), width, generator=generator)
@@ -350,8 +351,8 @@ def probe_loss_bounds(
         if not math.isfinite(collapse):  # a loss that divides by the norm: one shared row
             collapse = float(loss(separated[:1].expand_as(separated) * norm, target))
         at_norm = float(loss(separated * norm, target))
-        scales = (1.0,) if fixed_norm else FREE_NORM_SCALES
-        floor = min(float(loss(separated * norm * s, target)) for s in scales)
+        larger = () if fixed_norm else FREE_NORM_SCALES[1:]
+        floor = min([at_norm, *(float(loss(separated * norm * s, target)) for s in larger)])
     return LossBounds(collapse, floor, at_norm)
 
 
