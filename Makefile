@@ -6,11 +6,12 @@ STAMP := $(VENV)/.installed
 
 .PHONY: diagnose test lint docs bench clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	# The pinned CPU build first (a local wheel); pyproject's torch range is then already met.
+	# The pinned CPU build first (a local wheel); pyproject's torch range is then already met, and
+	# constraints.txt keeps Lightning, transformers and accelerate from pulling another torch.
 	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
 # Diagnose the embedded default: the default config on the deterministic synthetic dataset.
