@@ -7,7 +7,6 @@ or usage (one line on stderr, no traceback unless `--debug`), 130 interrupted.
 from __future__ import annotations
 
 import enum
-import inspect
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -26,10 +25,10 @@ from quad_doctor.engine import diagnose as run_diagnosis
 from quad_doctor.engine import verify as verify_remedy
 from quad_doctor.findings import Report, Severity
 from quad_doctor.live import LiveDoctor
-from quad_doctor.live_rules import live_only_rule
 from quad_doctor.lr_range import DEFAULT_ITERS
 from quad_doctor.reports import console as console_report
 from quad_doctor.reports import json as json_report
+from quad_doctor.rules import LIVE_RULES, live_only_rule, live_rule
 from quad_doctor.trainer.config import Config, load_config, save_config
 from quad_doctor.trainer.distributed import World, close_world, init_world, launched_by_torchrun
 from quad_doctor.trainer.errors import QuadDoctorError, UsageError
@@ -308,34 +307,57 @@ def lr_range_test(
     raise typer.Exit(_guarded(debug, action))
 
 
+def _manual_table(columns: Sequence[str], rows: Sequence[Sequence[str]]) -> Table:
+    """A borderless table whose last column (the manual's first line) wraps."""
+    table = Table(box=None, header_style="dim", padding=(0, 2))
+    for column in columns:
+        table.add_column(column, no_wrap=column != columns[-1])
+    for row in rows:
+        table.add_row(*row)
+    return table
+
+
 @app.command("checks")
 def list_checks() -> None:
-    """List the checks in causal order, with their phase and first line of documentation."""
-    table = Table(box=None, header_style="dim", padding=(0, 2))
-    for column in ("order", "check", "phase", "what it checks"):
-        table.add_column(column, no_wrap=column != "what it checks")
-    for check in ALL_CHECKS:
-        summary = check.doc().splitlines()[0] if check.doc() else ""
-        table.add_row(str(check.order), check.name, check.phase, summary)
-    console.print(table)
+    """List the checks in causal order, with their phase and first line of documentation; then
+    the live rules `quad-doctor train` adds."""
+    checks = [
+        (str(check.order), check.name, check.phase, check.doc().partition("\n")[0])
+        for check in ALL_CHECKS
+    ]
+    console.print(_manual_table(("order", "check", "phase", "what it checks"), checks))
+    console.print()
+    console.print("live rules of quad-doctor train", style="bold")
+    rules = [(str(rule.order), rule.name, rule.doc().partition("\n")[0]) for rule in LIVE_RULES]
+    console.print(_manual_table(("order", "rule", "what it watches"), rules))
 
 
 @app.command()
 def explain(
-    name: Annotated[str, typer.Argument(help="A check name, as `quad-doctor checks` lists.")],
+    name: Annotated[
+        str, typer.Argument(help="A check or live rule name, as `quad-doctor checks` lists.")
+    ],
     debug: DebugOption = False,
 ) -> None:
-    """Print one check's documentation: what it checks, why it matters, an example, the fix."""
+    """Print one check's documentation: what it checks, why it matters, an example, the fix.
+
+    A live rule of the same name follows the check's; a live rule of its own is printed alone.
+    """
 
     def action() -> None:
         rule = live_only_rule(name)
         if rule is not None:
             console.print(f"{rule.name}  (live rule of quad-doctor train)", style="bold")
-            console.print(inspect.cleandoc(rule.__doc__ or ""), markup=False, highlight=False)
+            console.print(rule.doc(), markup=False, highlight=False)
             return
         check = find_check(name)
         console.print(f"{check.name}  (phase {check.phase}, order {check.order})", style="bold")
         console.print(check.doc(), markup=False, highlight=False)
+        rule = live_rule(name)
+        if rule is not None:
+            console.print()
+            console.print(f"Live rule  ({rule.name} in quad-doctor train)", style="bold")
+            console.print(rule.doc(), markup=False, highlight=False)
 
     _guarded(debug, action)
 

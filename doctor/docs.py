@@ -1,5 +1,6 @@
-"""Generate `docs/checks/`: one Markdown page per check from its docstring, plus an index.
+"""Generate `docs/checks/` from the docstrings: a page per check and per live-only rule, an index.
 
+The page of a check that shares its name with a live rule ends with that rule's manual.
 Run `python -m quad_doctor.docs [DIR]` (or `make docs`); a test keeps the committed pages current.
 """
 
@@ -10,53 +11,100 @@ import sys
 from pathlib import Path
 
 from quad_doctor.checks import ALL_CHECKS, Check
+from quad_doctor.rules import LIVE_ONLY, LIVE_RULES, Rule, live_rule
 
 HEADINGS = ("What it checks:", "Why it matters:", "Example:", "Fix:")
 DEFAULT_DIR = Path("docs/checks")
 
 
-def check_page(check: type[Check]) -> str:
-    """One check's manual as Markdown: its summary, then a section per docstring heading."""
-    summary, _, body = check.doc().partition("\n")
-    lines = [f"# `{check.name}`", "", summary.strip(), ""]
-    lines.append(f"Phase `{check.phase}`, position {check.order} in the causal order.")
-    lines.append(f"Print this page with `quad-doctor explain {check.name}`.")
+def _sections(body: str, level: str) -> list[str]:
+    """A manual's headed blocks as Markdown sections at heading `level` (`##`, `###`)."""
+    lines: list[str] = []
     for block in re.split(r"\n(?=\S)", body.strip()):
         heading, _, text = block.partition("\n")
-        lines += ["", f"## {heading.rstrip(':')}", ""]
+        lines += ["", f"{level} {heading.rstrip(':')}", ""]
         lines += [line.removeprefix("    ") for line in text.splitlines()]
+    return lines
+
+
+def _page(name: str, doc: str, position: str) -> list[str]:
+    """A page's lines: the title, the manual's summary, where it runs, then its sections."""
+    summary, _, body = doc.partition("\n")
+    lines = [f"# `{name}`", "", summary.strip(), "", position]
+    lines.append(f"Print this page with `quad-doctor explain {name}`.")
+    return lines + _sections(body, "##")
+
+
+def check_page(check: type[Check]) -> str:
+    """One check's manual as Markdown, followed by its live rule's when one shares its name."""
+    position = f"Phase `{check.phase}`, position {check.order} in the causal order."
+    lines = _page(check.name, check.doc(), position)
+    rule = live_rule(check.name)
+    if rule is not None:
+        summary, _, body = rule.doc().partition("\n")
+        lines += ["", "## Live rule", "", summary.strip(), ""]
+        lines.append("What `quad-doctor train` watches under this name while it trains.")
+        lines += _sections(body, "###")
     return "\n".join(lines).rstrip() + "\n"
 
 
+def rule_page(rule: type[Rule]) -> str:
+    """One live-only rule's manual as Markdown."""
+    position = f"Live rule of `quad-doctor train`, position {rule.order} in the causal order."
+    return "\n".join(_page(rule.name, rule.doc(), position)).rstrip() + "\n"
+
+
+def _table(columns: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
+    """A Markdown table's lines."""
+    lines = [f"| {' | '.join(columns)} |", "|" + "---|" * len(columns)]
+    return lines + [f"| {' | '.join(row)} |" for row in rows]
+
+
 def index_page() -> str:
-    """The list of checks in causal order, linking to each page."""
+    """The checks, then the live rules, in causal order, linking to each page."""
+    checks = [
+        (str(c.order), f"[`{c.name}`]({c.name}.md)", c.phase, c.doc().partition("\n")[0].strip())
+        for c in ALL_CHECKS
+    ]
+    rules = [
+        (
+            str(rule.order),
+            f"[`{rule.name}`]({rule.name}.md{'' if rule in LIVE_ONLY else '#live-rule'})",
+            rule.doc().partition("\n")[0].strip(),
+        )
+        for rule in LIVE_RULES
+    ]
     lines = [
         "# Checks",
         "",
         "`quad-doctor diagnose` runs these in causal order: an upstream fault explains the",
         "downstream symptoms, so it ranks first and the symptoms are shown under it.",
-        "Generated from the checks' docstrings by `make docs`.",
+        "Generated from the checks' and live rules' docstrings by `make docs`.",
         "",
-        "| order | check | phase | what it checks |",
-        "|---|---|---|---|",
+        *_table(("order", "check", "phase", "what it checks"), checks),
+        "",
+        "## Live rules",
+        "",
+        "`quad-doctor train` judges every step with these rules, ranked with the checks' order.",
+        "A rule named after a check builds that check's finding from the batches training draws;",
+        "its manual ends the check's page.",
+        "",
+        *_table(("order", "rule", "what it watches"), rules),
     ]
-    for check in ALL_CHECKS:
-        summary = check.doc().partition("\n")[0].strip()
-        lines.append(
-            f"| {check.order} | [`{check.name}`]({check.name}.md) | {check.phase} | {summary} |"
-        )
     return "\n".join(lines) + "\n"
 
 
 def pages() -> dict[str, str]:
     """File name → content of every generated page."""
     generated = {f"{check.name}.md": check_page(check) for check in ALL_CHECKS}
+    generated |= {f"{rule.name}.md": rule_page(rule) for rule in LIVE_ONLY}
     generated["README.md"] = index_page()
     return generated
 
 
 def write(directory: Path = DEFAULT_DIR) -> list[Path]:
-    """Write every page into `directory`, removing pages of checks that no longer exist."""
+    """Write every page into `directory`, removing pages of checks or rules that no longer
+    exist."""
     directory.mkdir(parents=True, exist_ok=True)
     generated = pages()
     for stale in directory.glob("*.md"):

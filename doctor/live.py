@@ -35,8 +35,9 @@ from quad_doctor.context import (
 )
 from quad_doctor.engine import describe_run
 from quad_doctor.findings import CheckRun, Finding, Report, Severity, Verification, rank_findings
-from quad_doctor.live_rules import LIVE_RULES, GradientSummary, Rule, RunFacts, StepRecord
 from quad_doctor.reports import json as json_report
+from quad_doctor.rules import LIVE_RULES
+from quad_doctor.rules.base import GradientSummary, Rule, RunFacts, StepRecord
 from quad_doctor.trainer.build import build_sampler
 from quad_doctor.trainer.callbacks import Callback
 from quad_doctor.trainer.embedded import quad_module_of as module_of

@@ -24,10 +24,8 @@ from quad_doctor.trainer.build import (
 )
 from quad_doctor.trainer.config import Config
 from quad_doctor.trainer.dataset import QuadDataset
+from quad_doctor.trainer.evaluate import EVAL_BATCH_SIZE
 from quad_doctor.trainer.setup import TrainingSetup
-
-# Rows a validation batch holds (as the trainer's own evaluation reads them).
-VAL_BATCH_SIZE = 256
 
 
 class QuadTorchDataset(torch.utils.data.Dataset):
@@ -123,7 +121,7 @@ def embedded_setup(config: Config) -> TrainingSetup:
         epochs=config.train.num_epochs,
         val_loader=torch.utils.data.DataLoader(
             torch_dataset,
-            batch_sampler=RowBatches(val_rows, VAL_BATCH_SIZE),
+            batch_sampler=RowBatches(val_rows, EVAL_BATCH_SIZE),  # as the trainer evaluates
             collate_fn=collate_batch,
         ),
         class_names=list(dataset.class_names),

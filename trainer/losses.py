@@ -20,7 +20,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-DEFAULT_TEMPERATURE = 0.07  # Khosla et al.'s setting, and the original project's
+from quad_doctor.trainer.config import TrainConfig
+
+# Khosla et al.'s setting, and the original project's: the config's default
+DEFAULT_TEMPERATURE = TrainConfig.temperature
 
 
 def supcon_collapse_value(batch_size: int) -> float:

@@ -224,13 +224,3 @@ def test_the_live_report_renders_with_quad_doctor_report(tmp_path, small_overrid
     run("train", *sets([*small_overrides, "train.sampler=sequential"]), "--run-dir", str(run_dir))
     code, out, _ = run("report", "--run-dir", str(run_dir))
     assert code == 0 and "sampler-class-mix" in out and not math.isnan(len(out))
-
-
-@pytest.mark.parametrize(
-    "name", ["divergence", "non-finite", "embedding-collapse", "loss-pinned", "plateau"]
-)
-def test_explain_prints_the_manual_of_each_live_only_rule(name):
-    code, out, _ = run("explain", name)
-    assert code == 0 and f"{name}  (live rule of quad-doctor train)" in out
-    for heading in ("What it checks:", "Why it matters:", "Example:", "Fix:"):
-        assert heading in out

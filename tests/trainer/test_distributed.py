@@ -193,7 +193,8 @@ def test_multi_node_settings_pass_through_to_torchrun(small_dataset):
 
 
 def test_a_rank_whose_own_gradient_vanishes_is_named():
-    from quad_doctor.live_rules import GradientRule, RunFacts, StepRecord
+    from quad_doctor.rules.base import RunFacts, StepRecord
+    from quad_doctor.rules.gradient_flow import GradientRule
     from quad_doctor.trainer.config import load_config
 
     rule = GradientRule(RunFacts(load_config(), 6, 37, 370, 0.07, ("fusion",)))
