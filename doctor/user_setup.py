@@ -7,6 +7,7 @@ naming the user's file (and line, where there is one): the CLI prints it as one 
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import importlib.util
 import sys
@@ -38,7 +39,9 @@ def load_setup(spec: str) -> TrainingSetup:
             name for name, value in vars(module).items()
             if callable(value) and getattr(value, "__module__", None) == module.__name__
         )  # fmt: skip
-        hint = f" (it defines: {', '.join(defined)})" if defined else ""
+        close = difflib.get_close_matches(function_name, defined, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        hint = hint or (f" (it defines: {', '.join(defined)})" if defined else "")
         raise SetupError(f"{origin}: no function {function_name!r}{hint}")
     if not callable(function):
         raise SetupError(
