@@ -112,10 +112,17 @@ class FrozenParameters(Check):
             for group in (optimizer.param_groups if optimizer else [])
             for p in group["params"]
         }
+        # by name: the optimizer holds the user's own parameters, the model may be a device copy
+        held = {
+            name
+            for source in (model, ctx.setup.model)
+            for name, p in source.named_parameters()
+            if id(p) in in_optimizer
+        }
         missing = [
             (name, p.numel())
             for name, p in model.named_parameters()
-            if p.requires_grad and id(p) not in in_optimizer
+            if p.requires_grad and name not in held
         ]
         total = totals["trainable"] + totals["frozen"]
         return {

@@ -760,7 +760,7 @@ class DiagnosisContext:
         given = self.setup.optimizer
         if isinstance(given, torch.optim.Optimizer):
             return given
-        return given(self.model.parameters())
+        return given(self.setup.model.parameters())
 
     @property
     def adaptive(self) -> bool:
@@ -790,9 +790,13 @@ class DiagnosisContext:
         given = self.setup.optimizer
         if not isinstance(given, torch.optim.Optimizer):
             return given(model.parameters())
+        # the user's own parameters, which their optimizer holds (`self.model` may be a copy of
+        # them on the probe device), in the order every deep copy keeps
         mapping = {
             id(original): twin
-            for original, twin in zip(self.model.parameters(), model.parameters(), strict=True)
+            for original, twin in zip(
+                self.setup.model.parameters(), model.parameters(), strict=True
+            )
         }
         groups = [
             {

@@ -115,3 +115,30 @@ def test_sgd_and_a_larger_fusion_are_quiet(small_overrides):
     assert (
         serious(findings(small_overrides + ["train.optimizer=sgd", "model.fusion.dim=1024"])) == []
     )
+
+
+def test_a_model_copied_to_the_probe_device_still_matches_the_users_optimizer():
+    """On CUDA the context probes a copy of the user's CPU model; their optimizer holds the
+    originals, which must still count as covered (by name), and probes rebuild it on the copy."""
+    import copy
+
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from quad_doctor.trainer.setup import TrainingSetup
+
+    model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+    setup = TrainingSetup(
+        model=model,
+        loss_fn=torch.nn.CrossEntropyLoss(),
+        optimizer=torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9),
+        train_loader=DataLoader(
+            TensorDataset(torch.randn(60, 8), torch.arange(60) % 3), batch_size=12
+        ),
+    )
+    ctx = DiagnosisContext(setup)
+    ctx.__dict__["model"] = copy.deepcopy(model)  # what a different probe device gets
+    assert list(FrozenParameters().run(ctx)) == []
+    twin = ctx.model_copy()
+    rebuilt = ctx.optimizer_for(twin)
+    assert type(rebuilt) is torch.optim.SGD and rebuilt.defaults["momentum"] == 0.9
+    assert [p for g in rebuilt.param_groups for p in g["params"]] == list(twin.parameters())
