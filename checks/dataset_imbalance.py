@@ -85,7 +85,7 @@ class DatasetImbalance(Check):
         stratified = (
             config.train.sampler == "stratified"
             if config is not None
-            else type(ctx.batch_sampler()).__name__ == "StratifiedBatchSampler"
+            else ctx.sampler_class.__name__ == "StratifiedBatchSampler"
         )
 
         def finding(

@@ -5,12 +5,14 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import numpy as np
+from torch.utils.data import DataLoader
 
 from quad_doctor.checks.base import Check
-from quad_doctor.context import DiagnosisContext
+from quad_doctor.context import DiagnosisContext, typical_length
 from quad_doctor.findings import Finding, Severity
 from quad_doctor.trainer.config import Config
 from quad_doctor.trainer.losses import positives_per_anchor, supcon_collapse_value
+from quad_doctor.trainer.samplers import StratifiedBatchSampler
 
 # Past half single-class batches, most steps carry no contrastive signal at all.
 SINGLE_CLASS_CRITICAL = 0.5
@@ -93,7 +95,7 @@ class SamplerClassMix(Check):
 
 def sampler_name(ctx: DiagnosisContext) -> str:
     """The user's batch sampler's class, as a person names it."""
-    return type(ctx.batch_sampler()).__name__
+    return ctx.sampler_class.__name__
 
 
 def class_mix_finding(
@@ -116,8 +118,7 @@ def class_mix_finding(
     no_positive_share = float(np.mean(positives == 0))
     # what SupCon contrasts (all ranks' batches when it gathers them): the most common length,
     # not a leftover batch
-    lengths, counts = np.unique([len(b) for b in batches], return_counts=True)
-    size = int(lengths[counts == counts.max()].max())
+    size = typical_length(batches)
     collapse = supcon_collapse_value(size)
     verdict = class_mix_verdict(single_class_share, no_positive_share, size, collapse)
     if verdict is None:
@@ -253,10 +254,6 @@ def _user_remedy(ctx: DiagnosisContext, batch_size: int):
     seed = ctx.seed
 
     def apply(setup):
-        from torch.utils.data import DataLoader
-
-        from quad_doctor.trainer.samplers import StratifiedBatchSampler
-
         loader = setup.train_loader
         sampler = StratifiedBatchSampler(
             ctx.labels, batch_size=size, indices=indices, seed=seed, num_replicas=1, rank=0

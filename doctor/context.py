@@ -34,8 +34,10 @@ from quad_doctor.trainer.losses import positives_per_anchor
 from quad_doctor.trainer.setup import (
     TrainingSetup,
     batch_sampler_of,
+    dataset_length,
     default_batch_fn,
     default_forward,
+    label_array,
 )
 
 # The epoch whose batches checks inspect; samplers are seeded per epoch, training starts at 1.
@@ -201,14 +203,18 @@ def labels_of(dataset: Any) -> np.ndarray | None:
     """A dataset's labels from its `targets` or `labels` attribute, when it has one."""
     for name in ("targets", "labels"):
         value = getattr(dataset, name, None)
-        if value is None or callable(value):
-            continue
-        if isinstance(value, Tensor):
-            value = value.detach().cpu().numpy()
-        array = np.asarray(value)
-        if array.ndim == 1 and np.issubdtype(array.dtype, np.integer):
-            return array.astype(np.int64, copy=False)
+        if value is not None and not callable(value):
+            array = label_array(value)
+            if array is not None:
+                return array
     return None
+
+
+def typical_length(batches: list[np.ndarray]) -> int:
+    """The most common batch length (the longest of equally common ones): a first or last batch
+    of leftovers does not set the batch size."""
+    lengths, counts = np.unique([len(b) for b in batches], return_counts=True)
+    return int(lengths[counts == counts.max()].max())
 
 
 def indices_of(loader: Any) -> np.ndarray | None:
@@ -376,6 +382,7 @@ class DiagnosisContext:
         self.on_progress: Callable[[str, int, int], None] | None = None
         self._bounds: dict[tuple[int, ...], LossBounds] = {}
         self._batches: dict[bytes, tuple[Any, Tensor]] = {}
+        self._epochs: dict[tuple[int, int, int], list[np.ndarray]] = {}
         self._cached_bytes = 0
 
     # -- the setup -------------------------------------------------------------------------------
@@ -422,14 +429,12 @@ class DiagnosisContext:
         and never the inputs. Read through the dataset once when nothing else gives them."""
         given = self.setup.labels
         if given is not None:
-            if isinstance(given, Tensor):
-                given = given.detach().cpu().numpy()
-            labels = np.asarray(given).astype(np.int64, copy=False)
+            labels = label_array(given)  # validated by the setup
         else:
             labels = labels_of(self.train_dataset)
             if labels is None:
                 labels = self._read_labels()
-        size = _length(self.train_dataset)
+        size = dataset_length(self.train_dataset)
         if size is not None and len(labels) != size:
             raise UserCodeError(
                 f"TrainingSetup.labels: {len(labels)} labels for a dataset of {size} items"
@@ -441,7 +446,7 @@ class DiagnosisContext:
     def _read_labels(self) -> np.ndarray:
         """Every item's label, read through the dataset (slow: inputs are loaded too)."""
         dataset = self.train_dataset
-        size = _length(dataset)
+        size = dataset_length(dataset)
         if size is None:
             raise UserCodeError(
                 "TrainingSetup.labels: not given, and the dataset has no len() to read them by"
@@ -490,6 +495,11 @@ class DiagnosisContext:
         """Processes training runs on (the embedded trainer's `dist.nproc_per_node`)."""
         return self.config.dist.nproc_per_node if self.config is not None else 1
 
+    @property
+    def sampler_class(self) -> type:
+        """The class of the setup's batch sampler (no copy made to ask)."""
+        return type(batch_sampler_of(self.setup.train_loader))
+
     def batch_sampler(self, rank: int = 0, world_size: int = 1) -> Any:
         """A copy of the setup's batch sampler (for `rank` of `world_size` processes when the
         embedded trainer simulates DDP), so iterating it never disturbs the user's."""
@@ -502,11 +512,8 @@ class DiagnosisContext:
 
     @cached_property
     def batch_size(self) -> int:
-        """The batch size training runs with: the sampler's most common batch length (a first
-        or last batch of leftovers does not count)."""
-        lengths = np.array([len(b) for b in self.epoch_batches()])
-        values, counts = np.unique(lengths, return_counts=True)
-        return int(values[counts == counts.max()].max())
+        """The batch size training runs with (see `typical_length`)."""
+        return typical_length(self.epoch_batches())
 
     @cached_property
     def steps_per_epoch(self) -> int:
@@ -521,7 +528,15 @@ class DiagnosisContext:
         self, epoch: int = FIRST_EPOCH, rank: int = 0, world_size: int = 1
     ) -> list[np.ndarray]:
         """The dataset indices of every batch the batch sampler yields in `epoch` (indices only:
-        no input is loaded). `set_epoch` is called on a copy when the sampler has it."""
+        no input is loaded). `set_epoch` is called on a copy when the sampler has it. Iterated
+        once per epoch and rank: every check sees the same batches, and a large sampler is not
+        copied and walked again by each of them."""
+        key = (epoch, rank, world_size)
+        if key not in self._epochs:
+            self._epochs[key] = self._iterate_sampler(epoch, rank, world_size)
+        return list(self._epochs[key])
+
+    def _iterate_sampler(self, epoch: int, rank: int, world_size: int) -> list[np.ndarray]:
         sampler = self.batch_sampler(rank, world_size)
         if hasattr(sampler, "set_epoch"):
             sampler.set_epoch(epoch)
@@ -909,10 +924,3 @@ def _rebuild(
         return kind(groups, **defaults)
     except TypeError:
         return kind(groups)
-
-
-def _length(dataset: Any) -> int | None:
-    try:
-        return len(dataset)
-    except TypeError:
-        return None

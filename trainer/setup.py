@@ -135,18 +135,10 @@ class TrainingSetup:
         ):
             raise _wrong("epochs", "a positive int", self.epochs)
         if self.labels is not None:
-            labels = self.labels
-            if isinstance(labels, torch.Tensor):
-                labels = labels.detach().cpu().numpy()
-            try:
-                array = np.asarray(labels)
-            except (TypeError, ValueError):
-                raise _wrong(
-                    "labels", "one integer class label per dataset index", labels
-                ) from None
-            if array.ndim != 1 or not np.issubdtype(array.dtype, np.integer):
+            array = label_array(self.labels)
+            if array is None:
                 raise _wrong("labels", "one integer class label per dataset index", self.labels)
-            size = _length(self.train_loader.dataset)
+            size = dataset_length(self.train_loader.dataset)
             if size is not None and len(array) != size:
                 raise SetupError(
                     f"TrainingSetup.labels: {len(array)} labels for a training dataset of {size} "
@@ -175,7 +167,22 @@ def batch_sampler_of(loader: Any) -> Any:
     return getattr(loader, "batch_sampler", None)
 
 
-def _length(dataset: Any) -> int | None:
+def label_array(values: Any) -> np.ndarray | None:
+    """Labels (a list, NumPy array or tensor) as a 1-D int64 array; None when they are not one
+    integer per item."""
+    if isinstance(values, torch.Tensor):
+        values = values.detach().cpu().numpy()
+    try:
+        array = np.asarray(values)
+    except (TypeError, ValueError):
+        return None
+    if array.ndim != 1 or not np.issubdtype(array.dtype, np.integer):
+        return None
+    return array.astype(np.int64, copy=False)
+
+
+def dataset_length(dataset: Any) -> int | None:
+    """`len(dataset)`, or None for a dataset without one (an iterable dataset)."""
     try:
         return len(dataset)
     except TypeError:
