@@ -9,6 +9,7 @@ import numpy as np
 from quad_doctor.checks.base import Check
 from quad_doctor.context import DiagnosisContext, class_counts
 from quad_doctor.findings import Finding, Severity
+from quad_doctor.trainer.samplers import StratifiedBatchSampler
 
 # The original checklist's line: beyond 90 % one class, batches are nearly single-class anyway.
 MAJORITY_SHARE_ERROR = 0.90
@@ -85,7 +86,8 @@ class DatasetImbalance(Check):
         stratified = (
             config.train.sampler == "stratified"
             if config is not None
-            else ctx.sampler_class.__name__ == "StratifiedBatchSampler"
+            # the class, not its name: the original team's own sampler had the same name
+            else issubclass(ctx.sampler_class, StratifiedBatchSampler)
         )
 
         def finding(

@@ -37,3 +37,41 @@ def test_a_missing_class_is_reported():
 
 def test_balanced_data_is_quiet():
     assert findings() == []
+
+
+def test_a_users_own_sampler_named_like_ours_is_not_taken_for_it():
+    import torch
+    from torch.utils.data import DataLoader, TensorDataset
+
+    import quad_doctor as qd
+
+    class StratifiedBatchSampler(torch.utils.data.Sampler):  # the team's, in class order
+        def __init__(self, count, batch_size):
+            self.count, self.batch_size = count, batch_size
+
+        def __iter__(self):
+            order = list(range(self.count))
+            return iter([order[i : i + self.batch_size] for i in range(0, self.count, 16)])
+
+        def __len__(self):
+            return self.count // self.batch_size
+
+    labels = torch.tensor([0] * 190 + [1] * 5 + [2] * 5)  # 95 % one class
+    model = torch.nn.Linear(4, 3)
+
+    def setup(sampler):
+        return qd.TrainingSetup(
+            model=model,
+            loss_fn=torch.nn.CrossEntropyLoss(),
+            optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+            train_loader=DataLoader(
+                TensorDataset(torch.randn(200, 4), labels), batch_sampler=sampler
+            ),
+        )
+
+    (theirs,) = DatasetImbalance().run(DiagnosisContext(setup(StratifiedBatchSampler(200, 16))))
+    assert theirs.title.endswith("batches are nearly single-class")
+    (ours,) = DatasetImbalance().run(
+        DiagnosisContext(setup(qd.StratifiedBatchSampler(labels, batch_size=16)))
+    )
+    assert ours.title.endswith("the stratified sampler must repeat the other classes' few samples")
