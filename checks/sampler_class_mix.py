@@ -141,7 +141,13 @@ def class_mix_finding(
         severity=severity,
         title=title,
         evidence={
-            "sampler": config.train.sampler if config is not None else sampler_name(user),
+            "sampler": (
+                config.train.sampler
+                if config is not None
+                else sampler_name(user)
+                if user is not None
+                else evidence.pop("sampler", "unknown")
+            ),
             "batches": len(batches),
             "batch_size": batch_size,
             **evidence,
@@ -238,8 +244,9 @@ def _remedy(config: Config, num_classes: int) -> tuple[dict[str, object], str]:
     return {"train.sampler": "stratified"}, remedy + "."
 
 
-def _user_remedy(ctx: DiagnosisContext, batch_size: int):
-    """The code change for a user's sampler, and how to apply it to a copy of their setup."""
+def _user_remedy(ctx: DiagnosisContext | None, batch_size: int):
+    """The code change for a user's sampler, and how to apply it to a copy of their setup (none
+    when the live doctor watches a loop it did not build: nothing to copy)."""
     size = batch_size
     code = (
         "train_loader = DataLoader(dataset, batch_sampler=quad_doctor.StratifiedBatchSampler("
@@ -250,6 +257,8 @@ def _user_remedy(ctx: DiagnosisContext, batch_size: int):
         "in every batch with two or more samples each (P classes x 2 samples when classes "
         "outnumber half the batch), deterministic per epoch and distributed-aware."
     )
+    if ctx is None:
+        return remedy, code, None
     indices = ctx.train_indices
     seed = ctx.seed
 

@@ -6,6 +6,9 @@ report = qd.diagnose(qd.TrainingSetup(model=model, loss_fn=loss_fn, optimizer=op
                                       train_loader=train_loader))
 report.passed()              # False when a finding is at error or above
 report.save_html("doctor.html")
+
+watch = qd.Watch(model, optimizer, loss_fn=loss_fn, stop_on="critical")  # the live doctor
+...                          # in the loop, after loss.backward(): watch.step(loss, labels, ...)
 """
 
 from __future__ import annotations
@@ -19,8 +22,25 @@ from quad_doctor.trainer.setup import TrainingSetup
 
 if TYPE_CHECKING:
     from quad_doctor.findings import Report
+    from quad_doctor.watch import Watch
 
-__all__ = ["QuadDoctorError", "SetupError", "StratifiedBatchSampler", "TrainingSetup", "diagnose"]
+__all__ = [
+    "QuadDoctorError",
+    "SetupError",
+    "StratifiedBatchSampler",
+    "TrainingSetup",
+    "Watch",
+    "diagnose",
+]
+
+
+def __getattr__(name: str) -> object:
+    # the live doctor's plain-loop API loads the checks and rules: only when asked for
+    if name == "Watch":
+        from quad_doctor.watch import Watch
+
+        return Watch
+    raise AttributeError(f"module 'quad_doctor' has no attribute {name!r}")
 
 
 def diagnose(

@@ -16,7 +16,7 @@ TRAINING_REQUIRED = {
     "run_dir": str,
     "status": str,
     "epoch": int,
-    "num_epochs": int,
+    "num_epochs": (int, type(None)),  # None: a loop that did not say
     "global_step": int,
 }
 TRAINING_OPTIONAL = {

@@ -81,12 +81,14 @@ def _header(report: Report, title: str) -> RenderableType:
             f"{context.get('loss')} · {context.get('optimizer')}"
             + (f" + {context['scheduler']}" if context.get("scheduler") else ""),
         )
-        classes = context.get("classes", [])
-        table.add_row(
-            "data",
-            f"{context.get('dataset')} · {context.get('num_samples')} samples, {len(classes)} "
-            f"classes · batch sampler {context.get('batch_sampler')}",
-        )
+        data = [
+            str(context["dataset"]) if context.get("dataset") else "",
+            f"{context['num_samples']} samples" if context.get("num_samples") else "",
+            f"{len(context['classes'])} classes" if context.get("classes") else "",
+            f"batch sampler {context['batch_sampler']}" if context.get("batch_sampler") else "",
+        ]
+        if any(data):  # a watched loop may not say
+            table.add_row("data", " · ".join(part for part in data if part))
     else:
         table.add_row("config", str(context.get("config_source", "embedded default")))
     if "dataset" in context and "setup" not in context:
@@ -424,7 +426,12 @@ def _training_status(training: dict[str, Any]) -> Text:
     text = Text(status, style=TRAINING_STATUS_STYLE.get(status, "bold"))
     if training.get("stop_reason"):
         text.append(f": {training['stop_reason']}")
-    text.append(f" · {training['epoch']}/{training['num_epochs']} epochs")
+    planned = training["num_epochs"]
+    text.append(
+        f" · epoch {training['epoch']}"
+        if planned is None
+        else f" · {training['epoch']}/{planned} epochs"
+    )
     text.append(f" · step {training['global_step']} · {training['run_dir']}", style="dim")
     return text
 
@@ -470,7 +477,8 @@ def _final_loss(training: dict[str, Any]) -> float | None:
 def _against_collapse(loss: float, training: dict[str, Any]) -> Text:
     """`1.5165, 1.9175 below ln(31) = 3.4340`, or `3.4335, pinned at ln(31) = 3.4340`."""
     collapse = training["collapse_value"]
-    bound = f"ln({training['batch_size'] - 1}) = {collapse:.4f}"
+    size = training.get("batch_size")
+    bound = f"ln({size - 1}) = {collapse:.4f}" if size else f"{collapse:.4f}"
     if abs(loss - collapse) < PINNED_TOLERANCE:
         return Text(f"{loss:.4f}, pinned at {bound}", style="bold red")
     side = "below" if loss < collapse else "above"

@@ -27,12 +27,17 @@ NEGLIGIBLE_MOVE = 1e-4
 class RunFacts:
     """What rules need to know about the run, fixed when training starts."""
 
-    config: Config
-    num_classes: int
+    config: Config | None  # the embedded trainer's (remedies are config patches); None for a user's
+    num_classes: int  # 0 when not known up front (a user's loop)
     steps_per_epoch: int
     warmup_steps: int
     weight_scale: float  # the typical size of the trainable weights (context.weight_scale)
-    modules: tuple[str, ...]  # `encoders.<modality>.backbone|head`, `fusion`
+    modules: tuple[str, ...]  # `encoders.<modality>.backbone|head`, `fusion`; top-level children
+    gather_features: bool = True  # distributed: one loss over every rank's batch
+    scheduled: bool = True  # the run's schedule is known apart from what the optimizer holds
+    bounds: bool = True  # the loss's floor and collapse value can be probed
+    pair_based: bool = True  # the loss learns from pairs within the batch (SupCon)
+    sampler: str = ""  # a user's batch sampler's class, as findings name it
 
     @property
     def negligible_lr(self) -> float:
@@ -89,6 +94,11 @@ class Rule:
     def __init__(self, facts: RunFacts) -> None:
         self.facts = facts
         self.fired = False  # most rules report once
+
+    @classmethod
+    def applies(cls, facts: RunFacts) -> bool:
+        """Whether this rule can judge the run (what it reads is known there)."""
+        return True
 
     @classmethod
     def doc(cls) -> str:

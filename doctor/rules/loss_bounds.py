@@ -46,7 +46,13 @@ class LossBoundsRule(BatchWindowRule):
         self.stuck: deque[bool] = deque(maxlen=self.window)
         self.stuck_count = 0
 
+    @classmethod
+    def applies(cls, facts: RunFacts) -> bool:
+        return facts.bounds
+
     def after_update(self, record: StepRecord) -> list[Finding]:
+        if record.collapse != record.collapse:
+            return []  # not probed yet: no outputs seen
         self.batches.append(record.labels)
         room = record.collapse - record.floor
         if len(self.stuck) == self.window:

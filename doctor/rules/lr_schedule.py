@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 from quad_doctor.findings import Finding, Severity
-from quad_doctor.rules.base import Rule, StepRecord
+from quad_doctor.rules.base import Rule, RunFacts, StepRecord
 
 
 class AppliedLRRule(Rule):
@@ -37,6 +37,10 @@ class AppliedLRRule(Rule):
 
     name = "lr-schedule"
     order = 60
+
+    @classmethod
+    def applies(cls, facts: RunFacts) -> bool:
+        return facts.scheduled  # a user's loop: the optimizer's LR is the schedule
 
     def before_update(self, record: StepRecord) -> list[Finding]:
         wrong = [lr for lr in record.applied_lr if not math.isclose(lr, record.lr, rel_tol=1e-6)]

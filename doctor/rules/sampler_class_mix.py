@@ -53,10 +53,15 @@ class ClassMixRule(BatchWindowRule):
         self.sums = np.zeros(4, dtype=np.int64)
         self.rank_batches: deque[list[np.ndarray]] = deque(maxlen=self.window)
 
+    @classmethod
+    def applies(cls, facts: RunFacts) -> bool:
+        # a per-sample loss (cross-entropy) needs no positives: the pre-flight check judges it
+        return facts.pair_based
+
     def after_update(self, record: StepRecord) -> list[Finding]:
         if len(self.counts) == self.window:
             self.sums -= self.counts[0]
-        if record.rank_labels is None or self.facts.config.dist.gather_features:
+        if record.rank_labels is None or self.facts.gather_features:
             counts = (
                 int(record.classes == 1),
                 int(np.count_nonzero(record.positives == 0)),
@@ -79,13 +84,14 @@ class ClassMixRule(BatchWindowRule):
         if len(self.batches) < self.min_steps or not self._worse_than_before():
             return []
         per_rank = [list(rank) for rank in zip(*self.rank_batches, strict=True)]
-        batches, ranks = distributed_batches(per_rank, self.facts.config.dist.gather_features)
+        batches, ranks = distributed_batches(per_rank, self.facts.gather_features)
         finding = class_mix_finding(
             batches,
             self.facts.config,
             self.facts.num_classes,
             steps=f"{self.first_step[0]}-{record.step}",
             **ranks,
+            **({"sampler": self.facts.sampler or "unknown"} if self.facts.config is None else {}),
         )
         return self.worse(finding)
 
