@@ -575,8 +575,7 @@ def _train_process(
         return 0
     last = rows[-1]
     if doctor is not None:
-        report = doctor.report()
-        _write_html(report, target / "report.html")
+        report = doctor.report()  # report.json and report.html are written by now
         if report.findings:
             console.print()
             for ranked in report.findings:

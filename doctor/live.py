@@ -472,7 +472,10 @@ class Monitor:
         torch._foreach_copy_(self._before, self.weights)
 
     def _gradients(self) -> GradientSummary:
-        grads = [p.grad if p.grad is not None else torch.zeros(()) for _, p in self.named]
+        grads = [
+            p.grad if p.grad is not None else torch.zeros((), device=p.device)
+            for _, p in self.named
+        ]
         # one fused kernel for all tensors, as clip_grad_norm_ does
         norms = torch.stack(torch._foreach_norm(grads)).double().cpu().tolist()
         module_norm = {
@@ -799,12 +802,9 @@ class LiveDoctor(Monitor, Callback):
         self._stop(trainer)
 
     def on_fit_end(self, trainer: Trainer) -> None:
-        self._flush()
         finished = trainer.state.epoch > trainer.config.train.num_epochs
-        self.status = "finished" if finished else "interrupted"
-        if trainer.should_stop:
-            self.status = "stopped"
-        self.write_report()
+        status = "finished" if finished else "interrupted"
+        self.finish("stopped" if trainer.should_stop else status)
 
     def training(self) -> dict[str, Any]:
         trainer = self.trainer

@@ -231,6 +231,7 @@ class Watch:
         outputs: Tensor | None = None,
         inputs: Any = None,
         epoch: int | None = None,
+        sample_ids: Sequence[Any] | None = None,
     ) -> bool:
         """One training step, between `loss.backward()` and `optimizer.step()`; True when the
         doctor asks to stop (skip the update and leave the loop: the report is written).
@@ -238,7 +239,8 @@ class Watch:
         `labels`: the batch's class labels; or pass `batch` and they are taken from it (`(x, y)`,
         or a dict with label/labels/target/targets). `outputs`: what the loss saw (the
         embeddings); `inputs`: the model's inputs, searched for NaN/Inf when the loss goes
-        non-finite. `epoch`: the epoch, when the loop counts them.
+        non-finite. `epoch`: the epoch, when the loop counts them. `sample_ids`: the batch's
+        samples as findings should name them (default: their positions in the batch).
         """
         if self.closed:
             raise SetupError(f"{self.owner}.step: called after close()")
@@ -256,7 +258,7 @@ class Watch:
         if self._previous is not None:  # the last step's update is applied by now
             monitor.post_update(*self._previous)
         applied = [g["lr"] for g in self.optimizer.param_groups] if self.optimizer else [math.nan]
-        ids = [str(i) for i in range(len(labels))]
+        ids = [str(i) for i in (range(len(labels)) if sample_ids is None else sample_ids)]
         monitor.pre_update(
             self.steps,
             self.epoch,

@@ -11,6 +11,8 @@ from torch.optim import AdamW
 from torch.optim.lr_scheduler import LambdaLR
 from torch.utils.data import DataLoader, Sampler
 
+import quad_doctor
+
 from .config import resolve_data_dir
 from .data import HARDataset
 from .losses import SupConLoss
@@ -23,6 +25,10 @@ SamplerFactory = Callable[[Sequence[int], int, int], Sampler]
 
 SAMPLERS: dict[str, SamplerFactory] = {
     "stratified": lambda labels, batch_size, seed: StratifiedBatchSampler(labels, batch_size, seed),
+    # the fix quad-doctor proposes: every class in every batch
+    "quad_doctor": lambda labels, batch_size, seed: quad_doctor.StratifiedBatchSampler(
+        labels, batch_size=batch_size, seed=seed
+    ),
 }
 
 
