@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from cli_support import render_run_dir
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -104,13 +105,7 @@ def test_the_run_directory_renders_with_quad_doctor_report(tmp_path):
         model, optimizer, loss_fn=supcon, run_dir=tmp_path, stop_on="critical", quiet=True
     ) as watch:
         train(loader, model, optimizer, watch)
-    done = subprocess.run(
-        [sys.executable, "-m", "quad_doctor.cli", "report", "--run-dir", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, "COLUMNS": "120"},
-    )
+    done = render_run_dir(tmp_path)
     assert done.returncode == 0, done.stderr
     assert "stopped: critical sampler-class-mix at step 7" in done.stdout
     assert "plain loop (Watch)" in done.stdout

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +14,9 @@ from torch import nn
 from torch.utils.data import Dataset, SequentialSampler
 
 pytest.importorskip("transformers")
+from cli_support import render_run_dir  # noqa: E402
+
+CLI_SUPPORT = Path(__file__).parents[1] / "doctor"  # where cli_support lives
 from transformers import Trainer, TrainerControl, TrainerState, TrainingArguments  # noqa: E402
 
 import quad_doctor  # noqa: E402
@@ -24,7 +26,6 @@ from quad_doctor.trainer.losses import SupConLoss  # noqa: E402
 
 SEVERE = {"error", "critical"}
 CLASSES, PER_CLASS, DIM = 6, 64, 24
-CONSOLE_SCRIPT = Path(sys.executable).parent / "quad-doctor"
 
 
 def supcon(features, labels):
@@ -157,13 +158,7 @@ def test_a_class_sorted_sampler_is_caught_ranked_first_and_training_stopped(stop
 
 def test_the_run_directory_renders_with_quad_doctor_report(stopped):
     _, _, run_dir = stopped
-    done = subprocess.run(
-        [str(CONSOLE_SCRIPT), "report", "--run-dir", str(run_dir)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, "COLUMNS": "120"},
-    )
+    done = render_run_dir(run_dir)
     assert done.returncode == 0, done.stderr
     assert "stopped: critical sampler-class-mix at step" in done.stdout
     assert "Hugging Face Trainer (DoctorCallback)" in done.stdout
@@ -239,7 +234,7 @@ def test_every_process_stops_at_the_step_the_main_ones_doctor_stops_at(tmp_path)
     """Only the main process watches; a process that trained on alone would wait forever for
     the others at its next gradient reduction."""
     code = (
-        f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); "
+        f"import sys; sys.path[:0] = {[str(Path(__file__).parent), str(CLI_SUPPORT)]!r}; "
         f"import test_huggingface; test_huggingface.ddp_worker({str(tmp_path)!r})"
     )
     done = subprocess.run(
