@@ -15,8 +15,6 @@ from torch.utils.data import Dataset, SequentialSampler
 
 pytest.importorskip("transformers")
 from cli_support import render_run_dir  # noqa: E402
-
-CLI_SUPPORT = Path(__file__).parents[1] / "doctor"  # where cli_support lives
 from transformers import Trainer, TrainerControl, TrainerState, TrainingArguments  # noqa: E402
 
 import quad_doctor  # noqa: E402
@@ -25,6 +23,7 @@ from quad_doctor.live import JUDGE_EVERY  # noqa: E402
 from quad_doctor.trainer.losses import SupConLoss  # noqa: E402
 
 SEVERE = {"error", "critical"}
+CLI_SUPPORT = Path(__file__).parents[1] / "doctor"  # where cli_support lives
 CLASSES, PER_CLASS, DIM = 6, 64, 24
 
 
