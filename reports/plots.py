@@ -1,25 +1,42 @@
 """Pictures of report data with matplotlib's object API (no pyplot state, no display needed).
 
-Renderers draw what the report holds; they compute no diagnosis.
+Renderers draw what the report holds; they compute no diagnosis. matplotlib is imported when a
+picture is drawn, not with this module: it costs ~0.35 s, which a command that draws nothing
+(or a training run before its report) should not pay.
 """
 
 from __future__ import annotations
 
+import functools
 import io
 import math
 import re
 from pathlib import Path
-from typing import Any
-
-from matplotlib import colormaps, rc_context
-from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator, NullFormatter
+from typing import TYPE_CHECKING, Any
 
 from quad_doctor.trainer.errors import UsageError
 from quad_doctor.trainer.rundir import write_bytes_atomic
 
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.axis import Axis
+    from matplotlib.figure import Figure
+    from matplotlib.font_manager import FontProperties
+    from matplotlib.text import Text
+
 PLOT_FORMATS = ("svg", "png", "pdf")
 VERDICT_COLOUR = {"ok": "#2a7d2a", "too-high": "#c0392b", "too-low": "#b9770e", "not-lr": "#7f8c8d"}
+# Room around the axes, in points, after matplotlib's defaults: a tick and its label's pad
+# (3.5 + 3.5), an axis label's pad and line (4 + 12 for 10 pt text), the title's pad and line
+# (6 + 14 for 12 pt text), and air at the figure's edge. Only the tick labels vary, and are
+# measured: constrained layout measured every text of a chart, twice (~0.1 s a chart).
+TICK_SPACE = 7.0
+AXIS_LABEL_SPACE = 16.0
+TITLE_SPACE = 20.0
+EDGE = 4.0
+# a tick exactly at an end of the axis, within rounding, is drawn
+PLACE_TOLERANCE = 1e-6
+LEGEND_FONT_SIZE = 7
 
 
 def plot_format(path: str | Path) -> str:
@@ -32,8 +49,7 @@ def plot_format(path: str | Path) -> str:
 
 def lr_range_figure(test: dict[str, Any]) -> Figure:
     """The LR range test's curves with the valley, the suggestion and the configured LR marked."""
-    figure = Figure(figsize=(8, 4.5), layout="constrained")
-    ax = figure.add_subplot()
+    ax = _axes(8, 4.5)
     lrs, held = test["lr"], test["loss"]
     ax.plot(lrs, test["train_loss"], color="#b0b7bf", linewidth=0.8, label="training batch loss")
     ax.plot(lrs, test["smoothed"], color="#7f8c8d", linestyle="--", linewidth=1, label="smoothed")
@@ -71,7 +87,7 @@ def lr_range_figure(test: dict[str, Any]) -> Figure:
     )
     ax.legend(loc="lower left", fontsize=8)
     ax.grid(True, which="major", alpha=0.3)
-    return figure
+    return _fit(ax)
 
 
 def _mark_configured(ax: Any, test: dict[str, Any], lrs: list[float]) -> None:
@@ -113,6 +129,103 @@ def save_figure(figure: Figure, path: str | Path) -> Path:
     return write_bytes_atomic(path, buffer.getvalue())
 
 
+# -- layout: fixed margins from measured tick labels ----------------------------------------------
+
+
+def _axes(width: float, height: float) -> Axes:
+    """One axes in a new figure of `width` by `height` inches; `_fit` gives it its margins."""
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height)).add_subplot()
+
+
+def _fit(ax: Axes, below: float = 0.0) -> Figure:
+    """Margins for `ax` that hold its tick labels, axis labels and title, with `below` points
+    more under them (a legend at the figure's foot); returns the figure."""
+    figure = ax.get_figure()
+    margins: dict[str, float] = {}
+    # a locator picks its ticks by the axes' length, which the margins set: settle in a few steps
+    for _ in range(3):
+        fitted = _margins(ax, below)
+        if fitted == margins:
+            break
+        margins = fitted
+        figure.subplots_adjust(**margins)
+    return figure
+
+
+def _margins(ax: Axes, below: float) -> dict[str, float]:
+    """`subplots_adjust`'s fractions that fit what is drawn around `ax` in its figure."""
+    width, height = ax.get_figure().get_size_inches() * 72
+    y_widths = [_drawn_size(label)[0] for _, label in _tick_labels(ax.yaxis)]
+    x_labels = [(place, label, *_drawn_size(label)) for place, label in _tick_labels(ax.xaxis)]
+    left = EDGE + max(y_widths, default=0) + TICK_SPACE + AXIS_LABEL_SPACE * bool(ax.get_ylabel())
+    bottom = EDGE + below + max((h for *_, h in x_labels), default=0) + TICK_SPACE
+    bottom += AXIS_LABEL_SPACE * bool(ax.get_xlabel())
+    top = EDGE + TITLE_SPACE * bool(ax.get_title())
+    right = EDGE
+    # an x tick label reaching past an end of the axes (rotated class names, the last number)
+    # widens that side; a label's reach is its part on either side of its tick
+    reaches = []
+    for place, label, drawn_width, _ in x_labels:
+        share = {"right": 1.0, "center": 0.5, "left": 0.0}[label.get_horizontalalignment()]
+        reaches.append((place, share * drawn_width, (1 - share) * drawn_width))
+    for place, _, reach_right in reaches:
+        if place > 0:
+            right = max(right, (EDGE + reach_right - (1 - place) * (width - left)) / place)
+    for place, reach_left, _ in reaches:
+        if place < 1:
+            left = max(left, (EDGE + reach_left - place * (width - right)) / (1 - place))
+    return {
+        "left": left / width,
+        "right": 1 - right / width,
+        "bottom": bottom / height,
+        "top": 1 - top / height,
+    }
+
+
+def _tick_labels(axis: Axis) -> list[tuple[float, Text]]:
+    """The tick labels a draw shows on `axis`, each with its place along the axes (0 to 1)."""
+    along = 0 if axis is axis.axes.xaxis else 1
+    data_to_axes = axis.axes.transScale + axis.axes.transLimits
+    shown = []
+    for label in axis.get_ticklabels(which="both"):  # formats them, as a draw does
+        point = [1.0, 1.0]  # 1 is on every scale
+        point[along] = label.get_position()[along]
+        place = data_to_axes.transform(point)[along]
+        if label.get_text() and -PLACE_TOLERANCE <= place <= 1 + PLACE_TOLERANCE:
+            shown.append((place, label))
+    return shown
+
+
+def _drawn_size(label: Text) -> tuple[float, float]:
+    """A label's width and height in points as drawn (rotated)."""
+    # a copy: the cache keeps its key, and a label's font may change after
+    width, height = _text_size(label.get_text(), label.get_fontproperties().copy())
+    angle = math.radians(label.get_rotation())
+    cos, sin = abs(math.cos(angle)), abs(math.sin(angle))
+    return width * cos + height * sin, width * sin + height * cos
+
+
+@functools.lru_cache(maxsize=4096)
+def _text_size(text: str, font: FontProperties) -> tuple[float, float]:
+    """One line's width and height in points in `font`, from its glyphs' metrics; cached, as
+    the same tick labels are measured on every pass of `_fit` and every page."""
+    from matplotlib.cbook import is_math_text
+    from matplotlib.textpath import text_to_path
+
+    width, height, _ = text_to_path.get_text_width_height_descent(
+        text, font, ismath=is_math_text(text)
+    )
+    return width, max(height, font.get_size_in_points())  # a line is as tall as its font
+
+
+def _legend_height(rows: int, font_size: float) -> float:
+    """A legend's height in points with its pad to the anchor, by matplotlib's defaults: rows a
+    line and a fifth tall, half a line apart, in 0.4 lines of border pad, 0.5 from the anchor."""
+    return font_size * (1.2 * rows + 0.5 * (rows - 1) + 2 * 0.4 + 0.5)
+
+
 # -- the HTML report's pictures ------------------------------------------------------------------
 
 SEVERITY_COLOUR = {
@@ -130,6 +243,8 @@ def svg_markup(figure: Figure, name: str) -> str:
     """The figure as an `<svg>` element to inline in HTML (no XML prolog, text as paths, so no
     font is needed to show it). `name` salts its element ids: unique on the page, and the same
     every time, so a report renders to the same page."""
+    from matplotlib import rc_context
+
     buffer = io.StringIO()
     with rc_context({"svg.hashsalt": name}):
         figure.savefig(buffer, format="svg", metadata={"Date": None})
@@ -150,8 +265,7 @@ def _short(name: str, width: int = 18) -> str:
 def class_counts_figure(counts: dict[str, Any]) -> Figure:
     """Samples per class in each split, side by side."""
     classes = counts["classes"]
-    figure = Figure(figsize=(8, 3.6), layout="constrained")
-    ax = figure.add_subplot()
+    ax = _axes(8, 3.6)
     splits = [s for s in ("train", "val") if s in counts]
     width = 0.8 / max(1, len(splits))
     for i, split in enumerate(splits):
@@ -163,14 +277,13 @@ def class_counts_figure(counts: dict[str, Any]) -> Figure:
     ax.set_title("Class counts per split")
     ax.legend(fontsize=8)
     ax.grid(True, axis="y", alpha=0.3)
-    return figure
+    return _fit(ax)
 
 
 def classes_per_batch_figure(batches: dict[str, Any], num_classes: int) -> Figure:
     """How many classes each batch of the sampler's epoch holds."""
     per_batch = batches["classes_per_batch"]
-    figure = Figure(figsize=(8, 3.2), layout="constrained")
-    ax = figure.add_subplot()
+    ax = _axes(8, 3.2)
     ax.step(range(len(per_batch)), per_batch, where="mid", color="#1f4e9c", linewidth=1.5)
     ax.axhline(num_classes, color="#2a7d2a", linestyle="--", linewidth=1, label="every class")
     ax.axhline(1, color="#b03a2e", linestyle=":", linewidth=1, label="one class: no negatives")
@@ -180,14 +293,15 @@ def classes_per_batch_figure(batches: dict[str, Any], num_classes: int) -> Figur
     ax.set_title(f"Classes per batch over one epoch ({batches['sampler']} sampler)")
     ax.legend(fontsize=8, loc="center right")
     ax.grid(True, alpha=0.3)
-    return figure
+    return _fit(ax)
 
 
 def batch_composition_figure(batches: dict[str, Any], classes: list[str]) -> Figure:
     """The first batches' labels, stacked by class."""
+    from matplotlib import colormaps
+
     rows = batches["first_batches"]
-    figure = Figure(figsize=(8, 3.4), layout="constrained")
-    ax = figure.add_subplot()
+    ax = _axes(8, 3.4)
     bottom = [0] * len(rows)
     palette = colormaps["tab10"]
     for c, name in enumerate(classes):
@@ -197,17 +311,24 @@ def batch_composition_figure(batches: dict[str, Any], classes: list[str]) -> Fig
     ax.set_xlabel("batch")
     ax.set_ylabel("samples per class")
     ax.set_title(f"Label composition of the first {len(rows)} batches")
+    # under the axis label, at the foot of the figure
+    columns = min(6, len(classes))
     ax.legend(
-        fontsize=7, ncols=min(6, len(classes)), loc="upper center", bbox_to_anchor=(0.5, -0.2)
+        fontsize=LEGEND_FONT_SIZE,
+        ncols=columns,
+        loc="lower center",
+        bbox_to_anchor=(0.5, 0),
+        bbox_transform=ax.figure.transFigure,
     )
-    return figure
+    return _fit(ax, below=_legend_height(math.ceil(len(classes) / columns), LEGEND_FONT_SIZE))
 
 
 def gradient_norms_figure(norms: dict[str, float]) -> Figure:
     """The largest gradient norm of each module during the probe, log scale."""
+    from matplotlib.ticker import NullFormatter
+
     modules = list(norms)
-    figure = Figure(figsize=(8, 0.4 * len(modules) + 1.2), layout="constrained")
-    ax = figure.add_subplot()
+    ax = _axes(8, 0.4 * len(modules) + 1.2)
     values = [max(v, 1e-30) if v is not None else math.nan for v in norms.values()]
     ax.barh(range(len(modules)), values, color="#1f4e9c")
     ax.set_yticks(range(len(modules)), modules, fontsize=8)
@@ -217,14 +338,13 @@ def gradient_norms_figure(norms: dict[str, float]) -> Figure:
     ax.set_xlabel("gradient norm (log scale)")
     ax.set_title("Gradient norm per module (largest over the probe steps)")
     ax.grid(True, axis="x", which="major", alpha=0.3)
-    return figure
+    return _fit(ax)
 
 
 def training_loss_figure(training: dict[str, Any]) -> Figure:
     """Loss per step with the ln(B-1) collapse line, the batch floor and the doctor's events."""
     steps = training["steps"]
-    figure = Figure(figsize=(8, 3.8), layout="constrained")
-    ax = figure.add_subplot()
+    ax = _axes(8, 3.8)
     x = steps["step"]
     ax.plot(x, _floats(steps["loss"]), color="#1f4e9c", linewidth=1, label="training loss")
     if "floor" in steps:
@@ -236,21 +356,26 @@ def training_loss_figure(training: dict[str, Any]) -> Figure:
             alpha=0.8,
             label="batch floor (mean ln P)",
         )
-    collapse = training["collapse_value"]
-    ax.axhline(
-        collapse,
-        color="#b03a2e",
-        linestyle="--",
-        linewidth=1,
-        label=f"ln(B-1) = {collapse:.4f}: collapsed",
-    )
+    collapse = training.get("collapse_value")  # absent for a loss that is not pair-based
+    if collapse is not None:
+        ax.axhline(
+            collapse,
+            color="#b03a2e",
+            linestyle="--",
+            linewidth=1,
+            label=f"ln(B-1) = {collapse:.4f}: collapsed",
+        )
     _mark_events(ax, training.get("events", []))
     ax.set_xlabel("step")
-    ax.set_ylabel("SupCon loss")
-    ax.set_title("Training loss per step against its collapse value and floor")
+    ax.set_ylabel("SupCon loss" if collapse is not None else "loss")
+    ax.set_title(
+        "Training loss per step against its collapse value and floor"
+        if collapse is not None
+        else "Training loss per step"
+    )
     ax.legend(fontsize=8)
     ax.grid(True, alpha=0.3)
-    return figure
+    return _fit(ax)
 
 
 def _mark_events(ax: Any, events: list[dict[str, Any]]) -> None:
@@ -275,9 +400,10 @@ def _mark_events(ax: Any, events: list[dict[str, Any]]) -> None:
 
 def training_accuracy_figure(training: dict[str, Any]) -> Figure:
     """Validation accuracy per epoch (epoch 0: the untrained model)."""
+    from matplotlib.ticker import MaxNLocator
+
     rows = training["metrics"]
-    figure = Figure(figsize=(8, 3.2), layout="constrained")
-    ax = figure.add_subplot()
+    ax = _axes(8, 3.2)
     ax.plot(
         [r["epoch"] for r in rows],
         _floats([r["val_accuracy"] for r in rows]),
@@ -290,14 +416,13 @@ def training_accuracy_figure(training: dict[str, Any]) -> Figure:
     ax.set_ylabel("validation accuracy")
     ax.set_title("Validation accuracy (nearest class mean) per epoch")
     ax.grid(True, alpha=0.3)
-    return figure
+    return _fit(ax)
 
 
 def training_lr_figure(training: dict[str, Any]) -> Figure:
     """The learning rate the schedule applied at each step, log scale."""
     steps = training["steps"]
-    figure = Figure(figsize=(8, 3.0), layout="constrained")
-    ax = figure.add_subplot()
+    ax = _axes(8, 3.0)
     ax.plot(steps["step"], _floats(steps["lr"]), color="#7d3c98")
     _mark_events(ax, training.get("events", []))
     ax.set_yscale("log")
@@ -305,4 +430,4 @@ def training_lr_figure(training: dict[str, Any]) -> Figure:
     ax.set_ylabel("learning rate (log scale)")
     ax.set_title("Learning-rate schedule")
     ax.grid(True, which="major", alpha=0.3)
-    return figure
+    return _fit(ax)

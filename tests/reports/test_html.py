@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import re
+import subprocess
+import sys
 
 import pytest
 from cli_support import run, sets
@@ -114,3 +117,20 @@ def test_an_unwritable_html_path_is_one_line_and_exit_2(tmp_path, diagnosed):
     target = tmp_path / "r.json" / "page.html"  # under a file, not a directory
     code, _, err = run("report", "--html", "--from", str(tmp_path / "r.json"), "-o", str(target))
     assert code == 2 and err.count("\n") == 1 and str(target) in err and "Traceback" not in err
+
+
+def test_importing_the_renderer_leaves_matplotlib_for_the_first_chart():
+    code = "import sys, quad_doctor.reports.html; print([m for m in sys.modules if 'matplot' in m])"
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert loaded.returncode == 0 and loaded.stdout.strip() == "[]", loaded.stdout + loaded.stderr
+
+
+@pytest.mark.parametrize("enabled", [True, False], ids=["gc-on", "gc-off"])
+def test_rendering_leaves_the_cycle_collector_as_it_was(diagnosed, enabled):
+    _, data = diagnosed
+    (gc.enable if enabled else gc.disable)()
+    try:
+        html.render(Report.from_dict(data))
+        assert gc.isenabled() is enabled
+    finally:
+        gc.enable()
