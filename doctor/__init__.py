@@ -13,15 +13,16 @@ watch = qd.Watch(model, optimizer, loss_fn=loss_fn, stop_on="critical")  # the l
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from quad_doctor.trainer.errors import QuadDoctorError, SetupError
-from quad_doctor.trainer.samplers import StratifiedBatchSampler
-from quad_doctor.trainer.setup import TrainingSetup
 
 if TYPE_CHECKING:
     from quad_doctor.findings import Report
+    from quad_doctor.trainer.samplers import StratifiedBatchSampler
+    from quad_doctor.trainer.setup import TrainingSetup
     from quad_doctor.watch import Watch
 
 __all__ = [
@@ -32,15 +33,25 @@ __all__ = [
     "Watch",
     "diagnose",
 ]
+# Public names whose modules import torch, loaded when first asked for: `import quad_doctor`
+# (and so every `quad-doctor` command, `--help` included) does not pay torch's second.
+_LAZY = {
+    "StratifiedBatchSampler": "quad_doctor.trainer.samplers",
+    "TrainingSetup": "quad_doctor.trainer.setup",
+    "Watch": "quad_doctor.watch",
+}
 
 
 def __getattr__(name: str) -> object:
-    # the live doctor's plain-loop API loads the checks and rules: only when asked for
-    if name == "Watch":
-        from quad_doctor.watch import Watch
+    if name not in _LAZY:
+        raise AttributeError(f"module 'quad_doctor' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_LAZY[name]), name)
+    globals()[name] = value  # the next lookup finds it without coming here
+    return value
 
-        return Watch
-    raise AttributeError(f"module 'quad_doctor' has no attribute {name!r}")
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
 
 
 def diagnose(
@@ -57,6 +68,7 @@ def diagnose(
     `report.passed(fail_on="error")` do the rest.
     """
     from quad_doctor.engine import diagnose as run_diagnosis
+    from quad_doctor.trainer.setup import TrainingSetup
 
     if not isinstance(setup, TrainingSetup):
         raise SetupError(

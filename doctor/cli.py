@@ -2,6 +2,9 @@
 
 Only this module knows typer. Exit codes: 0 fine, 1 findings at or above `--fail-on`, 2 bad input
 or usage (one line on stderr, no traceback unless `--debug`), 130 interrupted.
+
+`--help`, `checks`, `explain` and `report` start at once: torch, numpy, pandas, matplotlib and the
+trainer are imported inside the commands that run them (tests/doctor/test_startup.py).
 """
 
 from __future__ import annotations
@@ -10,32 +13,24 @@ import enum
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
 
-from quad_doctor.checks import ALL_CHECKS
-from quad_doctor.context import DiagnosisContext
-from quad_doctor.engine import CHEAP_PHASES, find_check, lr_range_report
-from quad_doctor.engine import diagnose as run_diagnosis
-from quad_doctor.engine import verify as verify_remedy
+from quad_doctor import catalog
 from quad_doctor.findings import Report, Severity
-from quad_doctor.live import LiveDoctor
-from quad_doctor.lr_range import DEFAULT_ITERS
 from quad_doctor.reports import console as console_report
 from quad_doctor.reports import json as json_report
-from quad_doctor.rules import LIVE_RULES, live_only_rule, live_rule
 from quad_doctor.trainer.config import Config, load_config, save_config
-from quad_doctor.trainer.distributed import World, close_world, init_world, launched_by_torchrun
-from quad_doctor.trainer.errors import QuadDoctorError, UsageError
-from quad_doctor.trainer.launch import launch_command, run_workers
-from quad_doctor.trainer.loop import Trainer, TrainingInterrupted
+from quad_doctor.trainer.errors import QuadDoctorError, TrainingInterrupted, UsageError
 from quad_doctor.trainer.rundir import latest_run_dir, new_run_dir
-from quad_doctor.trainer.synthetic import write_dataset
+
+if TYPE_CHECKING:
+    from quad_doctor.context import DiagnosisContext
+    from quad_doctor.trainer.distributed import World
 
 app = typer.Typer(
     name="quad-doctor",
@@ -47,6 +42,9 @@ app = typer.Typer(
 )
 console = Console()
 LR_RANGE = "lr-range-test"
+# lr_range.DEFAULT_ITERS, spelled out: importing it imports torch, and `--help` shows the default
+# (tests/doctor/test_startup.py keeps the two equal)
+LR_RANGE_ITERS = 100
 error_console = Console(stderr=True)
 
 ConfigOption = Annotated[
@@ -131,6 +129,8 @@ def _context(
     setup: str | None, config: Path | None, overrides: list[str] | None
 ) -> tuple[DiagnosisContext, Config | None]:
     """The diagnosis context: the user's setup (`--setup`), else the embedded trainer's config."""
+    from quad_doctor.context import DiagnosisContext
+
     if setup is None:
         resolved = _config(config, overrides)
         return DiagnosisContext(resolved), resolved
@@ -149,6 +149,10 @@ def _diagnose_with_progress(
     config: Config | None, ctx: DiagnosisContext, only: Sequence[str], skip: Sequence[str] = ()
 ) -> Report:
     """Run the diagnosis under a transient progress bar naming the check that runs."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from quad_doctor.engine import diagnose as run_diagnosis
+
     progress = Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -229,7 +233,7 @@ def lr_range_test(
     ] = None,
     iters: Annotated[
         int, typer.Option("--iters", min=10, max=1000, help="Most training steps of the sweep.")
-    ] = DEFAULT_ITERS,
+    ] = LR_RANGE_ITERS,
     repeats: Annotated[
         int,
         typer.Option(
@@ -255,7 +259,9 @@ def lr_range_test(
     """
 
     def action() -> int:
-        # matplotlib costs 0.4 s to import: only this command pays it, not every start-up
+        # torch, the checks and matplotlib (0.4 s): only this command pays for them
+        from quad_doctor.checks import ALL_CHECKS
+        from quad_doctor.engine import CHEAP_PHASES, lr_range_report
         from quad_doctor.reports.plots import lr_range_figure, plot_format, save_figure
 
         if plot is not None:
@@ -322,13 +328,12 @@ def list_checks() -> None:
     """List the checks in causal order, with their phase and first line of documentation; then
     the live rules `quad-doctor train` adds."""
     checks = [
-        (str(check.order), check.name, check.phase, check.doc().partition("\n")[0])
-        for check in ALL_CHECKS
+        (str(check.order), check.name, check.phase, check.summary) for check in catalog.checks()
     ]
     console.print(_manual_table(("order", "check", "phase", "what it checks"), checks))
     console.print()
     console.print("live rules of quad-doctor train", style="bold")
-    rules = [(str(rule.order), rule.name, rule.doc().partition("\n")[0]) for rule in LIVE_RULES]
+    rules = [(str(rule.order), rule.name, rule.summary) for rule in catalog.live_rules()]
     console.print(_manual_table(("order", "rule", "what it watches"), rules))
 
 
@@ -345,19 +350,18 @@ def explain(
     """
 
     def action() -> None:
-        rule = live_only_rule(name)
-        if rule is not None:
+        rule = catalog.find_live_rule(name)
+        if rule is not None and rule in catalog.live_only_rules():
             console.print(f"{rule.name}  (live rule of quad-doctor train)", style="bold")
-            console.print(rule.doc(), markup=False, highlight=False)
+            console.print(rule.doc, markup=False, highlight=False)
             return
-        check = find_check(name)
+        check = catalog.find_check(name)
         console.print(f"{check.name}  (phase {check.phase}, order {check.order})", style="bold")
-        console.print(check.doc(), markup=False, highlight=False)
-        rule = live_rule(name)
+        console.print(check.doc, markup=False, highlight=False)
         if rule is not None:
             console.print()
             console.print(f"Live rule  ({rule.name} in quad-doctor train)", style="bold")
-            console.print(rule.doc(), markup=False, highlight=False)
+            console.print(rule.doc, markup=False, highlight=False)
 
     _guarded(debug, action)
 
@@ -490,6 +494,9 @@ def train(
     """
 
     def action() -> int:
+        from quad_doctor.trainer.distributed import close_world, init_world, launched_by_torchrun
+        from quad_doctor.trainer.launch import launch_command, run_workers
+
         directory = run_dir
         if resume:
             directory = directory or latest_run_dir()
@@ -552,6 +559,10 @@ def _train_process(
     set_: list[str] | None,
 ) -> int:
     """Train in this process (the only one, or one rank of many); rank 0 speaks and writes."""
+    from quad_doctor.engine import verify as verify_remedy
+    from quad_doctor.live import LiveDoctor
+    from quad_doctor.trainer.loop import Trainer
+
     if not world.is_main:
         console.quiet = True
     doctor = None
@@ -610,6 +621,8 @@ def make_dataset(
     """Write a synthetic dataset in the on-disk format (data.synthetic.* knobs apply)."""
 
     def action() -> None:
+        from quad_doctor.trainer.synthetic import write_dataset
+
         resolved = _config(config, set_)
         with console.status(f"generating {resolved.data.synthetic.num_samples} samples"):
             path = write_dataset(resolved.data.synthetic, directory, force=force)

@@ -1,5 +1,7 @@
 """Generate `docs/checks/` from the docstrings: a page per check and per live-only rule, an index.
 
+The manuals come from the catalog (read from the source, as `quad-doctor explain` prints them).
+
 The page of a check that shares its name with a live rule ends with that rule's manual.
 Run `python -m quad_doctor.docs [DIR]` (or `make docs`); a test keeps the committed pages current.
 """
@@ -10,8 +12,7 @@ import re
 import sys
 from pathlib import Path
 
-from quad_doctor.checks import ALL_CHECKS, Check
-from quad_doctor.rules import LIVE_ONLY, LIVE_RULES, Rule, live_rule
+from quad_doctor.catalog import Manual, checks, find_live_rule, live_only_rules, live_rules
 
 HEADINGS = ("What it checks:", "Why it matters:", "Example:", "Fix:")
 DEFAULT_DIR = Path("docs/checks")
@@ -35,23 +36,23 @@ def _page(name: str, doc: str, position: str) -> list[str]:
     return lines + _sections(body, "##")
 
 
-def check_page(check: type[Check]) -> str:
+def check_page(check: Manual) -> str:
     """One check's manual as Markdown, followed by its live rule's when one shares its name."""
     position = f"Phase `{check.phase}`, position {check.order} in the causal order."
-    lines = _page(check.name, check.doc(), position)
-    rule = live_rule(check.name)
+    lines = _page(check.name, check.doc, position)
+    rule = find_live_rule(check.name)
     if rule is not None:
-        summary, _, body = rule.doc().partition("\n")
+        summary, _, body = rule.doc.partition("\n")
         lines += ["", "## Live rule", "", summary.strip(), ""]
         lines.append("What `quad-doctor train` watches under this name while it trains.")
         lines += _sections(body, "###")
     return "\n".join(lines).rstrip() + "\n"
 
 
-def rule_page(rule: type[Rule]) -> str:
+def rule_page(rule: Manual) -> str:
     """One live-only rule's manual as Markdown."""
     position = f"Live rule of `quad-doctor train`, position {rule.order} in the causal order."
-    return "\n".join(_page(rule.name, rule.doc(), position)).rstrip() + "\n"
+    return "\n".join(_page(rule.name, rule.doc, position)).rstrip() + "\n"
 
 
 def _table(columns: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
@@ -62,17 +63,16 @@ def _table(columns: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
 
 def index_page() -> str:
     """The checks, then the live rules, in causal order, linking to each page."""
-    checks = [
-        (str(c.order), f"[`{c.name}`]({c.name}.md)", c.phase, c.doc().partition("\n")[0].strip())
-        for c in ALL_CHECKS
+    check_rows = [
+        (str(c.order), f"[`{c.name}`]({c.name}.md)", c.phase, c.summary.strip()) for c in checks()
     ]
-    rules = [
+    rule_rows = [
         (
             str(rule.order),
-            f"[`{rule.name}`]({rule.name}.md{'' if rule in LIVE_ONLY else '#live-rule'})",
-            rule.doc().partition("\n")[0].strip(),
+            f"[`{rule.name}`]({rule.name}.md{'' if rule in live_only_rules() else '#live-rule'})",
+            rule.summary.strip(),
         )
-        for rule in LIVE_RULES
+        for rule in live_rules()
     ]
     lines = [
         "# Checks",
@@ -81,7 +81,7 @@ def index_page() -> str:
         "downstream symptoms, so it ranks first and the symptoms are shown under it.",
         "Generated from the checks' and live rules' docstrings by `make docs`.",
         "",
-        *_table(("order", "check", "phase", "what it checks"), checks),
+        *_table(("order", "check", "phase", "what it checks"), check_rows),
         "",
         "## Live rules",
         "",
@@ -89,15 +89,15 @@ def index_page() -> str:
         "A rule named after a check builds that check's finding from the batches training draws;",
         "its manual ends the check's page.",
         "",
-        *_table(("order", "rule", "what it watches"), rules),
+        *_table(("order", "rule", "what it watches"), rule_rows),
     ]
     return "\n".join(lines) + "\n"
 
 
 def pages() -> dict[str, str]:
     """File name → content of every generated page."""
-    generated = {f"{check.name}.md": check_page(check) for check in ALL_CHECKS}
-    generated |= {f"{rule.name}.md": rule_page(rule) for rule in LIVE_ONLY}
+    generated = {f"{check.name}.md": check_page(check) for check in checks()}
+    generated |= {f"{rule.name}.md": rule_page(rule) for rule in live_only_rules()}
     generated["README.md"] = index_page()
     return generated
 

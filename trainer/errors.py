@@ -1,6 +1,11 @@
-"""The error family every layer raises; only the CLI turns these into exit codes."""
+"""The error family every layer raises; only the CLI turns these into exit codes.
+
+Nothing heavy is imported here: the CLI catches these in every command, `--help` included.
+"""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 
 class QuadDoctorError(Exception):
@@ -21,3 +26,11 @@ class UsageError(QuadDoctorError):
 
 class SetupError(QuadDoctorError):
     """A user's training setup (its file, its function, or a field it returned) cannot work."""
+
+
+class TrainingInterrupted(Exception):
+    """Training was interrupted (Ctrl-C); a checkpoint at the exact position was saved."""
+
+    def __init__(self, checkpoint: Path) -> None:
+        super().__init__(f"interrupted; state saved to {checkpoint} (continue with --resume)")
+        self.checkpoint = checkpoint

@@ -44,7 +44,7 @@ from quad_doctor.trainer.distributed import (
     gather_step,
     mean_over_ranks,
 )
-from quad_doctor.trainer.errors import UsageError
+from quad_doctor.trainer.errors import TrainingInterrupted, UsageError
 from quad_doctor.trainer.evaluate import validation_accuracy
 from quad_doctor.trainer.losses import SupConOutput
 from quad_doctor.trainer.rundir import JsonLines
@@ -66,14 +66,6 @@ class TrainState:
 # How often a watched distributed run measures each rank's own gradient: a norm over all of them
 # costs ~0.5 ms on one CPU core, and measuring before DDP averages needs a separate all-reduce.
 LOCAL_GRADIENT_EVERY = 16
-
-
-class TrainingInterrupted(Exception):
-    """Training was interrupted (Ctrl-C); a checkpoint at the exact position was saved."""
-
-    def __init__(self, checkpoint: Path) -> None:
-        super().__init__(f"interrupted; state saved to {checkpoint} (continue with --resume)")
-        self.checkpoint = checkpoint
 
 
 class Trainer:
