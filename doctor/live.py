@@ -241,7 +241,8 @@ class Monitor:
         self._pending: list[_Step] = []
         self._probed: dict[tuple[int, ...], LossBounds] = {}
         self._before: list[Tensor] | None = None
-        self._gradients_now: GradientSummary | None = None
+        # measured by `gradients_ready`, for the step it names
+        self._gradients_now: tuple[int, GradientSummary] | None = None
         self._measuring = False
         self._last_end: float | None = None
 
@@ -278,7 +279,7 @@ class Monitor:
         measure them and keep the weights now, for `pre_update` to use."""
         if self.named and self.measured(step):
             started = time.perf_counter()
-            self._gradients_now = self._gradients()
+            self._gradients_now = (step, self._gradients())
             self._keep_weights()
             self._charge(started, True)
 
@@ -310,7 +311,8 @@ class Monitor:
         self._pending.append(data)
         self.last_step, self.last_epoch = step, epoch
         measured = self.named and self.measured(step)
-        gradients, self._gradients_now = self._gradients_now, None
+        ready, self._gradients_now = self._gradients_now, None
+        gradients = ready[1] if ready is not None and ready[0] == step else None
         # each rank's own loss, or one loss over every rank's batch (`gather_features`)
         losses = rank_losses or [loss]
         bad_ranks = [rank for rank, value in enumerate(losses) if not math.isfinite(value)]
@@ -397,10 +399,18 @@ class Monitor:
             return None
         key = bounds_key(labels)
         if key not in self._probed:
-            self._probed[key] = probe_loss_bounds(
-                run.loss_fn, labels, run.output_width, run.output_norm or 1.0,
-                bool(run.fixed_norm), run.seed, run.device,
-            )  # fmt: skip
+            try:
+                self._probed[key] = probe_loss_bounds(
+                    run.loss_fn, labels, run.output_width, run.output_norm or 1.0,
+                    bool(run.fixed_norm), run.seed, run.device,
+                )  # fmt: skip
+            except Exception as error:  # a loss the probe cannot call: no bounds from here on
+                run.loss_fn = None
+                if run.say is not None:
+                    run.say(
+                        Text(f"doctor: loss_fn cannot be probed ({error}); no loss bounds", "dim")
+                    )
+                return None
         return self._probed[key]
 
     def _record(self, data: _Step) -> StepRecord:

@@ -28,6 +28,11 @@ class SetupError(QuadDoctorError):
     """A user's training setup (its file, its function, or a field it returned) cannot work."""
 
 
+class MissingExtraError(SetupError, ImportError):
+    """An optional framework an integration needs is not installed (an ImportError too, so
+    `except ImportError` guards still catch it)."""
+
+
 class TrainingInterrupted(Exception):
     """Training was interrupted (Ctrl-C); a checkpoint at the exact position was saved."""
 

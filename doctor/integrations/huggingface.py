@@ -63,11 +63,10 @@ import torch
 import torch.distributed as dist
 from rich.console import Console
 from torch import Tensor, nn
-from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from quad_doctor.findings import Severity
 from quad_doctor.live import Monitor, Run, non_finite_rows
-from quad_doctor.trainer.errors import SetupError
+from quad_doctor.trainer.errors import MissingExtraError, SetupError
 from quad_doctor.watch import (
     as_labels,
     describe_loop,
@@ -75,6 +74,14 @@ from quad_doctor.watch import (
     parse_stop_on,
     sampler_name,
 )
+
+try:
+    from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+except ImportError:
+    raise MissingExtraError(
+        "quad_doctor.integrations.huggingface: transformers is not installed; "
+        'pip install "quad-doctor[huggingface]"'
+    ) from None
 
 OWNER = "DoctorCallback"
 # Where the report goes when `run_dir` is not given: beside the Trainer's checkpoints.

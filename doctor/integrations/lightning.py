@@ -48,7 +48,7 @@ from torch import Tensor, nn
 from quad_doctor.context import top_level_group
 from quad_doctor.findings import Severity
 from quad_doctor.live import Monitor, Run, non_finite_rows
-from quad_doctor.trainer.errors import SetupError
+from quad_doctor.trainer.errors import MissingExtraError, SetupError
 from quad_doctor.watch import (
     as_labels,
     batch_labels,
@@ -64,7 +64,7 @@ except ImportError:
     try:
         import pytorch_lightning as pl
     except ImportError:
-        raise SetupError(
+        raise MissingExtraError(
             "quad_doctor.integrations.lightning: PyTorch Lightning is not installed; "
             'pip install "quad-doctor[lightning]"'
         ) from None

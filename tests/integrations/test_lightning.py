@@ -274,8 +274,11 @@ def test_without_lightning_the_import_names_the_extra(monkeypatch):
     for name in ("lightning", "lightning.pytorch", "pytorch_lightning"):
         monkeypatch.setitem(sys.modules, name, None)  # as if not installed
     monkeypatch.delitem(sys.modules, "quad_doctor.integrations.lightning")
-    with pytest.raises(quad_doctor.SetupError, match=r'pip install "quad-doctor\[lightning\]"'):
+    with pytest.raises(
+        quad_doctor.SetupError, match=r'pip install "quad-doctor\[lightning\]"'
+    ) as error:
         importlib.import_module("quad_doctor.integrations.lightning")
+    assert isinstance(error.value, ImportError)  # `except ImportError` guards catch it too
 
 
 def test_pytorch_lightning_serves_when_lightning_is_absent(monkeypatch):
