@@ -127,24 +127,31 @@ def main() -> None:
     config = patched_config(load_config(), {"train.num_epochs": args.epochs})
     dataset_path(config)  # generate the embedded default once, outside the timings
     whole_run(config, doctor=False)  # warm-up: first-touch allocations, lazy imports
-    table = Table(
-        title=f"live doctor on/off in blocks of {BLOCK} steps, {args.epochs} epochs per run, "
-        "embedded default"
+    title = f"live doctor on/off in blocks of {BLOCK} steps, {args.epochs} epochs per run, "
+    print_tables(
+        title + "embedded default",
+        (blocks_run(config) for _ in range(args.runs)),
+        lambda with_doctor: whole_run(config, with_doctor),
     )
+
+
+def print_tables(title, runs, whole_run) -> None:
+    """The on/off block table over `runs` (each: block ratios, on ms, off ms, the doctor's
+    Monitor) and three alternated whole-run pairs of `whole_run(with_doctor)`."""
+    table = Table(title=title)
     for column in ("run", "block pairs", "off ms/step", "on ms/step", "median pair", "own"):
         table.add_column(column, justify="right")
     pooled = []
-    for index in range(1, args.runs + 1):
-        ratios, on_ms, off_ms, doctor = blocks_run(config)
+    for index, (ratios, on_ms, off_ms, monitor) in enumerate(runs, start=1):
         pooled += ratios
-        own = doctor.doctor_time / doctor.steps_seen * 1000
+        own = monitor.doctor_time / monitor.steps_seen * 1000  # the doctor's own clock
         table.add_row(
             str(index),
             str(len(ratios)),
             f"{off_ms:.2f}",
             f"{on_ms:.2f}",
             f"{statistics.median(ratios) - 1:+.2%}",
-            f"{own:.3f} ms/step (k={doctor.every})",
+            f"{own:.3f} ms/step (k={monitor.every})",
         )
     overhead = statistics.median(pooled) - 1
     verdict = "met" if overhead <= GOAL else "missed"
@@ -156,7 +163,7 @@ def main() -> None:
         whole.add_column(column, justify="right")
     for pair in range(1, 4):
         order = (True, False) if pair % 2 else (False, True)
-        ms = {doctor: whole_run(config, doctor) for doctor in order}
+        ms = {with_doctor: whole_run(with_doctor) for with_doctor in order}
         whole.add_row(
             str(pair), f"{ms[False]:.2f}", f"{ms[True]:.2f}", f"{ms[True] / ms[False] - 1:+.2%}"
         )

@@ -34,16 +34,13 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
-from rich.console import Console
-from rich.table import Table
+from live_overhead import BLOCK, block_ratios, doctor_on, print_tables
 
 from quad_doctor.integrations.lightning import DoctorCallback
+from quad_doctor.live import Monitor
 from quad_doctor.trainer.config import load_config, patched_config
 from quad_doctor.trainer.embedded import embedded_setup, quad_module_of
 from quad_doctor.trainer.setup import TrainingSetup
-
-GOAL = 0.02
-BLOCK = 8
 
 
 class QuadModule(pl.LightningModule):
@@ -121,10 +118,6 @@ class Blocks(pl.Callback):
             self.doctor.on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
 
 
-def doctor_on(step: int) -> bool:
-    return (step // BLOCK) % 2 == 0
-
-
 def train(config, callbacks: list[pl.Callback]) -> None:
     trainer = pl.Trainer(
         max_epochs=config.train.num_epochs,
@@ -150,29 +143,14 @@ def doctor(run_dir: str) -> DoctorCallback:
     )
 
 
-def blocks_run(config) -> tuple[list[float], float, float, Blocks]:
+def blocks_run(config) -> tuple[list[float], float, float, Monitor]:
     """One run with the doctor on and off in alternate blocks: the ratio of each on block's mean
-    step time to the next off block's, the mean step ms on and off, and the blocks."""
+    step time to the next off block's, the mean step ms on and off, and the doctor."""
     clock = StepClock()
     with tempfile.TemporaryDirectory() as run_dir:
         blocks = Blocks(doctor(run_dir))
         train(config, [blocks, clock])
-    return (*block_ratios(clock), blocks)
-
-
-def block_ratios(clock: StepClock) -> tuple[list[float], float, float]:
-    """Each on block's mean step time over the next off block's, and the mean ms on and off."""
-    blocks: dict[int, list[float]] = {}
-    for step, seconds in clock.times.items():
-        blocks.setdefault(step // BLOCK, []).append(seconds)
-    ratios = [
-        statistics.fmean(blocks[b]) / statistics.fmean(blocks[b + 1])
-        for b in sorted(blocks)
-        if b % 2 == 0 and b + 1 in blocks
-    ]
-    on = [t for step, t in clock.times.items() if doctor_on(step)]
-    off = [t for step, t in clock.times.items() if not doctor_on(step)]
-    return ratios, 1000 * statistics.fmean(on), 1000 * statistics.fmean(off)
+    return (*block_ratios(clock), blocks.doctor.monitor)
 
 
 def whole_run(config, with_doctor: bool) -> float:
@@ -196,43 +174,12 @@ def main() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
     config = patched_config(load_config(), {"train.num_epochs": args.epochs})
     whole_run(config, with_doctor=False)  # warm-up: the dataset, first-touch allocations
-    table = Table(
-        title=f"DoctorCallback on/off in blocks of {BLOCK} steps, {args.epochs} epochs per run, "
+    title = (
+        f"DoctorCallback on/off in blocks of {BLOCK} steps, {args.epochs} epochs per run, "
         f"embedded default model in Lightning, {torch.get_num_threads()} torch threads"
     )
-    for column in ("run", "block pairs", "off ms/step", "on ms/step", "median pair", "own"):
-        table.add_column(column, justify="right")
-    pooled = []
-    for index in range(1, args.runs + 1):
-        ratios, on_ms, off_ms, blocks = blocks_run(config)
-        pooled += ratios
-        monitor = blocks.doctor.monitor
-        own = monitor.doctor_time / monitor.steps_seen * 1000  # the doctor's own clock
-        table.add_row(
-            str(index),
-            str(len(ratios)),
-            f"{off_ms:.2f}",
-            f"{on_ms:.2f}",
-            f"{statistics.median(ratios) - 1:+.2%}",
-            f"{own:.3f} ms/step (k={monitor.every})",
-        )
-    overhead = statistics.median(pooled) - 1
-    verdict = "met" if overhead <= GOAL else "missed"
-    table.add_row(
-        "all", str(len(pooled)), "", "", f"{overhead:+.2%}", f"goal ≤ {GOAL:.0%}: {verdict}"
-    )
-    whole = Table(title="whole runs alternated (run-to-run noise shows here)")
-    for column in ("pair", "no doctor ms/step", "doctor ms/step", "difference"):
-        whole.add_column(column, justify="right")
-    for pair in range(1, 4):
-        order = (True, False) if pair % 2 else (False, True)
-        ms = {with_doctor: whole_run(config, with_doctor) for with_doctor in order}
-        whole.add_row(
-            str(pair), f"{ms[False]:.2f}", f"{ms[True]:.2f}", f"{ms[True] / ms[False] - 1:+.2%}"
-        )
-    console = Console()
-    console.print(table)
-    console.print(whole)
+    runs = (blocks_run(config) for _ in range(args.runs))
+    print_tables(title, runs, lambda with_doctor: whole_run(config, with_doctor))
 
 
 if __name__ == "__main__":
