@@ -315,8 +315,12 @@ class LossBounds:
 def bounds_key(labels: np.ndarray) -> tuple[int, ...]:
     """What a batch's loss bounds depend on: its sorted class sizes (the probe treats every class
     alike), so batches with the same mix share one probe."""
-    counts = np.bincount(np.unique(np.asarray(labels), return_inverse=True)[1])
-    return tuple(sorted(counts.tolist()))
+    return sizes_key(np.unique(np.asarray(labels), return_counts=True)[1])
+
+
+def sizes_key(counts: np.ndarray) -> tuple[int, ...]:
+    """`bounds_key` from per-class counts (zeros ignored), for a caller that has counted."""
+    return tuple(sorted(counts[counts > 0].tolist()))
 
 
 def probe_loss_bounds(

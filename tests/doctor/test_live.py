@@ -11,7 +11,7 @@ import torch
 from cli_support import run, sets
 from rich.console import Console
 
-from quad_doctor.live import EXPENSIVE_EVERY, LiveDoctor
+from quad_doctor.live import EXPENSIVE_EVERY, MAX_EVERY, LiveDoctor, Monitor, _spreads
 from quad_doctor.trainer.callbacks import Callback
 from quad_doctor.trainer.checkpoint import load_checkpoint
 from quad_doctor.trainer.config import SyntheticConfig, load_config
@@ -191,6 +191,34 @@ def test_the_doctor_measures_less_often_when_over_budget(tmp_path, small_overrid
     assert doctor.every > EXPENSIVE_EVERY
     overhead = live_report(tmp_path / "run")["training"]["doctor"]["overhead_fraction"]
     assert 0 < overhead < 1
+
+
+def test_k_goes_straight_to_what_the_budget_needs_and_back():
+    doctor = Monitor(budget=0.005)
+    doctor.step_time, doctor.cheap_time = 0.040, 0.0001
+    doctor._measured_cost = 0.0101  # 10 ms over the cheap part: k = 10 / (0.005 * 40) = 50
+    doctor._rebudget()
+    assert doctor.every == 64
+    doctor._measured_cost = 0.0001  # nothing beyond the cheap part: back to the default
+    doctor._rebudget()
+    assert doctor.every == EXPENSIVE_EVERY
+    doctor._measured_cost = 100.0
+    doctor._rebudget()
+    assert doctor.every == MAX_EVERY
+
+
+def test_spreads_computed_together_equal_each_step_alone():
+    torch.manual_seed(0)
+    same = torch.ones(6, 4)
+    features = [torch.randn(8, 4), None, torch.randn(8, 4), same, torch.randn(5, 4), torch.ones(3)]
+    spreads = _spreads(features)
+    for f, spread in zip(features, spreads, strict=True):
+        if f is None or f.ndim != 2:
+            assert spread is None
+            continue
+        z = torch.nn.functional.normalize(f, dim=1)
+        assert spread == pytest.approx(1.0 - float(z.mean(0) @ z.mean(0)), abs=1e-6)
+    assert spreads[3] == pytest.approx(0.0, abs=1e-6)  # every row the same way: collapsed
 
 
 def test_the_status_line_is_quiet_when_healthy_and_red_when_a_rule_fires(tmp_path, small_overrides):
