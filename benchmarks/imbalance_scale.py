@@ -1,8 +1,9 @@
 """dataset-imbalance on a 1,000,000-row manifest: it reads labels only, so it must take < 2 s.
 
-Writes a manifest (Parquet and CSV, with a split column, 6 classes at 100:1 imbalance) and a
-classes.json into a temporary directory, without any array files (the check never opens them),
-then times manifest reading plus the check, best of three.
+Writes a manifest (Parquet and CSV, with a split column, 6 classes at 100:1 imbalance), a
+classes.json and row-aligned arrays one element wide (40 MB: the embedded trainer opens them to
+build its setup; the check never reads them) into a temporary directory, then times manifest
+reading plus the check, best of three.
 
     .venv/bin/python benchmarks/imbalance_scale.py [--rows 1000000]
 """
@@ -26,10 +27,18 @@ from quad_doctor.trainer.config import load_config
 
 GOAL_S = 2.0
 CLASS_WEIGHTS = np.array([100, 1, 1, 1, 1, 1], dtype=float)
+# The smallest arrays the dataset format accepts: (N,T,3,H,W), (N,1,F,T), (N,6,T), (N,L).
+TINY_ARRAYS = (
+    ("video", (1, 3, 1, 1), np.uint8),
+    ("audio", (1, 1, 1), np.float32),
+    ("sensor", (6, 1), np.float32),
+    ("text", (1,), np.int64),
+)
 
 
 def write_manifest(directory: Path, rows: int, fmt: str) -> None:
-    """A manifest of `rows` samples over 6 imbalanced classes, 80/20 train/val."""
+    """A manifest of `rows` samples over 6 imbalanced classes, 80/20 train/val, and arrays one
+    element wide."""
     rng = np.random.default_rng(0)
     table = pd.DataFrame(
         {
@@ -43,6 +52,8 @@ def write_manifest(directory: Path, rows: int, fmt: str) -> None:
     else:
         table.to_csv(directory / "manifest.csv", index=False)
     (directory / "classes.json").write_text(json.dumps([f"class{c}" for c in range(6)]))
+    for modality, shape, dtype in TINY_ARRAYS:
+        np.save(directory / f"{modality}.npy", np.ones((rows, *shape), dtype=dtype))
 
 
 def time_check(directory: Path) -> tuple[float, str]:

@@ -59,11 +59,14 @@ def diagnose(
     only: Sequence[str] = (),
     skip: Sequence[str] = (),
     verify: bool = True,
+    full_scan: bool = False,
 ) -> Report:
     """Run the ordered checks on your training setup and return the ranked report.
 
     `only`/`skip` take check names (see `quad-doctor checks`); `verify` tries each remedy on a
-    copy of the setup. Nothing of yours is changed: model, optimizer, scheduler, sampler, RNG.
+    copy of the setup; `full_scan` reads every item of your dataset instead of a sample bounded
+    by work (data-integrity states what its sample covered). Nothing of yours is changed: model,
+    optimizer, scheduler, sampler, RNG.
     The report renders itself in a notebook; `report.save_json`, `report.save_html` and
     `report.passed(fail_on="error")` do the rest.
     """
@@ -74,4 +77,4 @@ def diagnose(
         raise SetupError(
             f"diagnose: expected a quad_doctor.TrainingSetup, got {type(setup).__name__}"
         )
-    return run_diagnosis(setup, only, skip, verify_remedies=verify)
+    return run_diagnosis(setup, only, skip, verify_remedies=verify, full_scan=full_scan)

@@ -192,6 +192,14 @@ def diagnose(
         FailOn, typer.Option("--fail-on", help="Exit 1 on findings at or above this severity.")
     ] = FailOn.error,
     run_dir: RunDirOption = None,
+    full_scan: Annotated[
+        bool,
+        typer.Option(
+            "--full-scan",
+            help="Read every input instead of a sample bounded by work (data-integrity), with a "
+            "progress bar; on a large dataset this takes as long as reading it.",
+        ),
+    ] = False,
     debug: DebugOption = False,
 ) -> None:
     """Run the ordered checks against the trainer built from the config, or your own training code
@@ -199,6 +207,7 @@ def diagnose(
 
     def action() -> int:
         ctx, resolved = _context(setup, config, set_)
+        ctx.full_scan = full_scan
         report = _diagnose_with_progress(resolved, ctx, _names(only), _names(skip))
         if resolved is not None:
             report.context["config_source"] = _source(config, set_)

@@ -369,7 +369,7 @@ def probe_loss_bounds(
 class DiagnosisContext:
     """One setup's pieces and measurements, built lazily and shared by every check."""
 
-    def __init__(self, source: Config | TrainingSetup) -> None:
+    def __init__(self, source: Config | TrainingSetup, full_scan: bool = False) -> None:
         if isinstance(source, TrainingSetup):
             self._setup: TrainingSetup | None = source
             self.config: Config | None = source.config
@@ -384,6 +384,8 @@ class DiagnosisContext:
         self.source: str = ""
         # Called while long work runs: (what, done, total), for a progress bar.
         self.on_progress: Callable[[str, int, int], None] | None = None
+        # Read every input instead of a sample bounded by work (`diagnose --full-scan`).
+        self.full_scan = full_scan
         self._bounds: dict[tuple[int, ...], LossBounds] = {}
         self._batches: dict[bytes, tuple[Any, Tensor]] = {}
         self._epochs: dict[tuple[int, int, int], list[np.ndarray]] = {}
@@ -614,11 +616,13 @@ class DiagnosisContext:
         collate = getattr(loader, "collate_fn", None) or torch.utils.data.default_collate
         return collate(items)
 
-    def batch(self, indices: np.ndarray) -> StepBatch:
-        """The samples at `indices`, split into inputs and labels by `batch_fn`, on the device.
+    def host_batch(self, indices: np.ndarray) -> tuple[Any, Tensor]:
+        """The training samples at `indices`, split into inputs and labels by `batch_fn`, on the
+        host; read them, never change them.
 
-        Batches read once are kept (on the host, up to `BATCH_CACHE_BYTES`): the LR sweep cycles
-        through the epoch's batches, and a dataset that decodes every item pays for each once.
+        Batches read once are kept (up to `BATCH_CACHE_BYTES`): the LR sweep cycles through the
+        epoch's batches, and a dataset that decodes every item pays for each once (data-integrity
+        reads a small training split in these batches, so the probes read none again).
         """
         key = np.asarray(indices, dtype=np.int64).tobytes()
         cached = self._batches.get(key)
@@ -629,6 +633,13 @@ class DiagnosisContext:
             if self._cached_bytes + size <= BATCH_CACHE_BYTES:
                 self._batches[key] = cached
                 self._cached_bytes += size
+        return cached
+
+    def batch(self, indices: np.ndarray) -> StepBatch:
+        """The samples at `indices`, split into inputs and labels by `batch_fn`, on the device
+        (read once, see `host_batch`)."""
+        key = np.asarray(indices, dtype=np.int64).tobytes()
+        cached = self.host_batch(indices)
         if key in self._batches:  # hand out a copy: a forward may edit its inputs in place
             cached = (map_tensors(cached[0], Tensor.clone), cached[1].clone())
         inputs, labels = cached
@@ -880,14 +891,18 @@ class DiagnosisContext:
         lrs = np.empty(total)
         simulated_steps = min(total, MAX_SIMULATED_STEPS)
         per_epoch = self.setup.scheduler_interval == "epoch"
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # "scheduler.step() before optimizer.step()"
-            for step in range(simulated_steps):
-                lrs[step] = stand_in.param_groups[lead]["lr"]
-                if plateau:
-                    continue
-                if not per_epoch or (step + 1) % steps_per_epoch == 0:
-                    simulated.step()
+        if type(simulated) is torch.optim.lr_scheduler.LambdaLR:
+            interval = steps_per_epoch if per_epoch else 1
+            lrs[:simulated_steps] = lambda_schedule(simulated, lead, simulated_steps, interval)
+        else:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # "scheduler.step() before optimizer.step()"
+                for step in range(simulated_steps):
+                    lrs[step] = stand_in.param_groups[lead]["lr"]
+                    if plateau:
+                        continue
+                    if not per_epoch or (step + 1) % steps_per_epoch == 0:
+                        simulated.step()
         lrs[simulated_steps:] = lrs[simulated_steps - 1]
         note = (
             "its drops depend on the loss, so the trace stays at the start value" if plateau else ""
@@ -913,6 +928,20 @@ class DiagnosisContext:
             "num_samples": len(self.labels),
             "classes": self.class_names,
         }
+
+
+def lambda_schedule(
+    scheduler: torch.optim.lr_scheduler.LambdaLR, group: int, steps: int, interval: int
+) -> np.ndarray:
+    """The learning rate a `LambdaLR` gives group `group` at each of `steps` optimisation steps
+    when stepped every `interval` of them: its base rate times its lambda at the count of steps
+    taken, which is all it keeps. Equal to stepping it, without the ~3 µs a step costs
+    (lr-schedule on 150,000 samples, 112,500 steps: 0.49 s stepped, 0.08 s computed)."""
+    start = scheduler.last_epoch
+    lmbda, base = scheduler.lr_lambdas[group], scheduler.base_lrs[group]
+    counts = range(start, start + -(-steps // interval))
+    values = np.array([base * lmbda(count) for count in counts], dtype=np.float64)
+    return np.repeat(values, interval)[:steps]
 
 
 def _settings(group: dict[str, Any]) -> dict[str, Any]:

@@ -111,18 +111,21 @@ def verify(
     config: Config | None,
     options: dict[str, dict[str, Any]] | None = None,
     setup: TrainingSetup | None = None,
+    full_scan: bool = False,
 ) -> Verification:
     """Apply the finding's remedy and re-run its check and the cheap checks it explains.
 
     The remedy is the config patch (embedded trainer) or the setup patch applied to a copy of the
     user's setup (`setup`). Verified when none of them finds anything at warning or above after
-    the change. `options` are the per-check settings of the original diagnosis.
+    the change. `options` are the per-check settings of the original diagnosis, `full_scan` its
+    reading of every input.
     """
     try:
         if finding.config_patch and config is not None:
-            ctx = DiagnosisContext(patched_config(config, finding.config_patch))
+            patched: Config | TrainingSetup = patched_config(config, finding.config_patch)
         else:
-            ctx = DiagnosisContext(finding.setup_patch(setup))
+            patched = finding.setup_patch(setup)
+        ctx = DiagnosisContext(patched, full_scan=full_scan)
         ctx.options = dict(options or {})
         names = (finding.check, *finding.explains)
         checks = [c for c in ALL_CHECKS if c.name in names]
@@ -148,6 +151,7 @@ def diagnose(
     ctx: DiagnosisContext | None = None,
     on_check: ProgressHook | None = None,
     verify_remedies: bool = True,
+    full_scan: bool = False,
 ) -> Report:
     """Run the selected checks against a setup (the user's, or the embedded trainer's built from a
     config) and rank the findings.
@@ -155,10 +159,13 @@ def diagnose(
     Bad input (a broken config or dataset) propagates as a `QuadDoctorError`; any other exception
     inside a check becomes that check's `error` status while the others still run. Findings at
     warning or above with a config patch or a setup patch get it verified on a patched copy.
+    Checks that read inputs read a sample bounded by work, unless `full_scan` (or the given
+    context's `full_scan`) asks for every input.
     """
     started = time.perf_counter()
     selected = select_checks(only, skip)
     ctx = ctx or DiagnosisContext(source)
+    ctx.full_scan = ctx.full_scan or full_scan
     config = ctx.config
     findings: list[Finding] = []
     runs: list[CheckRun] = []
@@ -172,7 +179,9 @@ def diagnose(
         if on_check:
             on_check("verifying remedies", len(selected), len(selected))
         findings = [
-            dataclasses.replace(f, verification=verify(f, config, ctx.options, ctx.setup))
+            dataclasses.replace(
+                f, verification=verify(f, config, ctx.options, ctx.setup, ctx.full_scan)
+            )
             if (f.config_patch and config is not None or f.setup_patch)
             and f.severity >= Severity.WARNING
             else f

@@ -1,19 +1,25 @@
 from __future__ import annotations
 
+import runpy
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from quad_doctor.checks.data_integrity import DataIntegrity
+from quad_doctor.checks import data_integrity
+from quad_doctor.checks.data_integrity import DataIntegrity, spread_rows
 from quad_doctor.context import DiagnosisContext
+from quad_doctor.engine import diagnose
 from quad_doctor.errors import DatasetError
 from quad_doctor.findings import Severity
 from quad_doctor.trainer.config import SyntheticConfig, load_config
 from quad_doctor.trainer.synthetic import write_dataset
 
 SMALL = "data.synthetic.num_samples=240"
+SETUPS = Path(__file__).resolve().parents[1] / "user_scenarios" / "setups.py"
+USER_SETUPS = runpy.run_path(str(SETUPS))
 
 
 def findings(*overrides):
@@ -186,3 +192,128 @@ def test_a_label_missing_from_classes_json_is_rejected_by_the_loader(dataset_cop
     dataset_copy.save_manifest(table)
     with pytest.raises(DatasetError, match="has no name in classes.json"):
         dataset_copy.findings()
+
+
+# -- bounded by work: a sample of a large stream, stated coverage, a full scan on request ------
+
+# Small stand-ins for the budgets, so the 240-sample dataset is "large": 64 sampled rows (the
+# rule of three then bounds a missed fault below 3/64 = 4.7 %), and only text (46 KB) in full.
+SAMPLED = 64
+
+
+@pytest.fixture
+def small_budget(monkeypatch):
+    monkeypatch.setattr(data_integrity, "SCAN_ROWS", SAMPLED)
+    monkeypatch.setattr(data_integrity, "SIGNAL_ROWS", SAMPLED)
+    monkeypatch.setattr(data_integrity, "FULL_STREAM_BYTES", 64 * 2**10)
+
+
+def scan(*overrides, full_scan=False):
+    ctx = DiagnosisContext(load_config(overrides=list(overrides)), full_scan=full_scan)
+    return list(DataIntegrity().run(ctx)), ctx
+
+
+def test_the_sample_is_spread_over_the_dataset_and_the_same_every_time():
+    rows = spread_rows(150_000, 4096)
+    assert np.array_equal(rows, spread_rows(150_000, 4096))
+    assert len(np.unique(rows)) == 4096 and rows[0] >= 0 and rows[-1] < 150_000
+    parts = np.arange(4096) * 150_000 // 4096  # one row in each equal part
+    assert np.array_equal(np.searchsorted(parts, rows, side="right") - 1, np.arange(4096))
+    assert np.array_equal(spread_rows(240, 4096), np.arange(240))
+
+
+def test_a_nan_share_above_the_stated_bound_is_found_in_the_sample(small_budget):
+    found, ctx = scan(SMALL, "data.synthetic.nan_fraction=0.1")  # 24 of 240 = 10 % > 4.7 %
+    nan = only(found, Severity.CRITICAL)
+    assert nan.title.startswith(f"{nan.evidence['samples']} of {SAMPLED} scanned samples (of 240)")
+    assert nan.evidence["scanned"] == f"{SAMPLED} of 240 samples"
+    assert nan.evidence["undetected_share_95"] == pytest.approx(3 / SAMPLED, rel=0.01)
+    assert "95 % confidence" in nan.evidence["confidence"]
+    assert 0.05 < nan.evidence["share"] < 0.2
+    streams = ctx.published["data_integrity_coverage"]["streams"]
+    assert streams["text"] == {"scanned": "all 240 samples"}
+    assert streams["video"]["scanned"] == f"{SAMPLED} of 240 samples"
+
+
+def test_a_dead_stream_is_found_in_the_sample(small_budget):
+    found, _ = scan(SMALL, 'data.synthetic.dead_modality="video"')
+    dead = only(found, Severity.ERROR)
+    assert dead.title.startswith(f"the video stream is dead: all {SAMPLED} scanned samples")
+    assert dead.evidence["scanned"] == f"{SAMPLED} of 240 samples"
+
+
+def test_healthy_data_stays_quiet_on_a_sample(small_budget):
+    assert scan(SMALL)[0] == []
+
+
+def test_a_full_scan_finds_the_one_nan_row_the_sample_skips(small_budget, dataset_copy):
+    sensor = dataset_copy.array("sensor")
+    skipped = int(np.setdiff1d(np.arange(240), spread_rows(240, SAMPLED))[0])
+    sensor[skipped, 2, 7] = np.nan
+    dataset_copy.save_array("sensor", sensor)
+    assert scan(on_disk(dataset_copy.path))[0] == []  # 1 of 240 is below the 4.7 % bound
+    progress = []
+    ctx = DiagnosisContext(load_config(overrides=[on_disk(dataset_copy.path)]), full_scan=True)
+    ctx.on_progress = lambda what, done, total: progress.append((what, done, total))
+    nan = only(list(DataIntegrity().run(ctx)), Severity.CRITICAL)
+    assert nan.title.startswith("1 of 240 samples hold NaN or Inf (sensor 1)")
+    assert nan.evidence["first_sample_ids"] == [f"s{skipped:06d}"]
+    assert nan.evidence["scanned"] == "all 240 samples"
+    assert progress[-1][1:] == (4 * 240, 4 * 240)
+    assert {what for what, _, _ in progress} == {
+        f"data-integrity: reading {m}" for m in ("video", "audio", "sensor", "text")
+    }
+
+
+def test_diagnose_full_scan_reads_every_row(small_budget, dataset_copy):
+    sensor = dataset_copy.array("sensor")
+    skipped = int(np.setdiff1d(np.arange(240), spread_rows(240, SAMPLED))[-1])
+    sensor[skipped, 0, 0] = np.inf
+    dataset_copy.save_array("sensor", sensor)
+    config = load_config(overrides=[on_disk(dataset_copy.path)])
+    sampled = diagnose(config, only=["data-integrity"], verify_remedies=False)
+    assert sampled.findings == ()
+    full = diagnose(config, only=["data-integrity"], verify_remedies=False, full_scan=True)
+    assert full.findings[0].finding.evidence["first_sample_ids"] == [f"s{skipped:06d}"]
+    coverage = full.measurements["data_integrity_coverage"]
+    assert coverage["sampling"] == "every row of every stream"
+
+
+def test_content_duplicates_are_found_beyond_the_sample(small_budget, dataset_copy):
+    train = np.flatnonzero(dataset_copy.manifest()["split"] == "train")
+    outside = np.setdiff1d(train, spread_rows(240, SAMPLED))
+    dataset_copy.copy_content(outside[:1], outside[1:2])  # neither row is in the sample
+    found = only(dataset_copy.findings(), Severity.WARNING)
+    assert found.title == "1 of 240 samples are repeats (0 by sample id, 1 by identical content)"
+    assert found.evidence["first_sample_ids"] == [f"s{outside[1]:06d}"]
+    assert found.evidence["content_compared"].startswith("every sample on text (read in full)")
+
+
+def test_a_user_dataset_is_sampled_with_its_coverage_stated(monkeypatch):
+    monkeypatch.setattr(data_integrity, "SCAN_SAMPLES", 200)
+    setup = USER_SETUPS["nan_inputs"]()  # 12 of 600 samples hold NaN
+    ctx = DiagnosisContext(setup)
+    nan = only(list(DataIntegrity().run(ctx)), Severity.CRITICAL)
+    assert nan.title.startswith(f"{nan.evidence['samples']} of 200 scanned samples (of 600)")
+    assert nan.evidence["undetected_share_95"] == 0.015
+
+
+def test_a_small_user_split_is_read_in_the_samplers_batches_once(monkeypatch):
+    setup = USER_SETUPS["healthy_supcon"]()
+    reads = []
+    dataset = setup.train_loader.dataset
+    monkeypatch.setattr(type(dataset), "__getitem__", counting(type(dataset).__getitem__, reads))
+    ctx = DiagnosisContext(setup)
+    assert list(DataIntegrity().run(ctx)) == []
+    assert sorted(reads) == list(range(len(dataset)))  # each item once
+    for rows in ctx.epoch_batches():  # what loss-bounds, the LR sweep and gradient flow read
+        ctx.batch(rows)
+    assert len(reads) == len(dataset)
+
+
+def counting(getitem, reads):
+    def wrapped(self, index):
+        reads.append(int(index))
+        return getitem(self, index)
+
+    return wrapped

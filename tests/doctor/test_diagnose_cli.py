@@ -6,6 +6,7 @@ import re
 import pytest
 from cli_support import one_line_error, run, sets
 
+from quad_doctor.checks import data_integrity
 from quad_doctor.engine import check_names
 
 
@@ -78,6 +79,23 @@ def test_only_and_skip_choose_the_checks(tmp_path, small_overrides):
     run(*args, "--skip", "dataset-imbalance")
     ran = [c["name"] for c in json.loads(report_path.read_text())["checks"]]
     assert ran == [name for name in check_names() if name != "dataset-imbalance"]
+
+
+def test_full_scan_reads_every_row_and_says_so(tmp_path, small_overrides, monkeypatch):
+    # a budget this small samples even the small dataset's video (0.4 MiB of 240 rows)
+    monkeypatch.setattr(data_integrity, "SCAN_ROWS", 48)
+    monkeypatch.setattr(data_integrity, "SIGNAL_ROWS", 48)
+    monkeypatch.setattr(data_integrity, "FULL_STREAM_BYTES", 64 * 2**10)
+    report_path = tmp_path / "r.json"
+    args = ["diagnose", *sets(small_overrides), "--only", "data-integrity", "--json"]
+    args += [str(report_path), "--run-dir", str(tmp_path)]
+
+    def coverage(*extra):
+        assert run(*args, *extra)[0] == 0
+        return json.loads(report_path.read_text())["measurements"]["data_integrity_coverage"]
+
+    assert coverage()["sampling"].startswith("streams over 0 MiB on one seeded-random row")
+    assert coverage("--full-scan")["sampling"] == "every row of every stream"
 
 
 @pytest.mark.parametrize(
