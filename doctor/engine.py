@@ -36,14 +36,6 @@ def check_names() -> list[str]:
     return [check.name for check in ALL_CHECKS]
 
 
-def find_check(name: str) -> type[Check]:
-    """The check called `name`; an unknown name is a usage error with the closest one suggested."""
-    for check in ALL_CHECKS:
-        if check.name == name:
-            return check
-    raise UsageError(f"unknown check '{name}'{_suggestion(name)}")
-
-
 def select_checks(only: Sequence[str] = (), skip: Sequence[str] = ()) -> tuple[type[Check], ...]:
     """The checks `--only`/`--skip` leave, in causal order; unknown names are usage errors."""
     names = check_names()
