@@ -88,9 +88,13 @@ def test_lr_30_is_caught_at_step_0_and_stop_on_critical_leaves_a_valid_checkpoin
     assert code == 0
     rules = [e["rule"] for e in events(run_dir)]
     assert rules.count("divergence") == 1 and "embedding-collapse" in rules
-    ranked = live_report(run_dir)["findings"][0]
-    assert ranked["check"] == "divergence"
-    assert {"embedding-collapse", "loss-pinned"} <= {f["check"] for f in ranked["explained"]}
+    first, *others = live_report(run_dir)["findings"]
+    assert first["check"] == "divergence" and not others  # every later symptom is nested under it
+    explained = {f["check"] for f in first["explained"]}
+    # which symptoms follow depends on the numerics (loss-pinned fires with 2 torch threads, not
+    # always with 1); the collapsed embeddings always do
+    assert "embedding-collapse" in explained
+    assert explained == set(rules) - {"divergence"}
 
 
 def test_nan_loss_stops_before_the_update_with_the_samples_named(tmp_path, nan_dataset):
