@@ -36,7 +36,6 @@ from quad_doctor.checks import ALL_CHECKS
 from quad_doctor.context import (
     PAIRLESS_ROOM,
     LossBounds,
-    bounds_key,
     isolated_rng,
     manifest_class_counts,
     probe_loss_bounds,
@@ -390,7 +389,7 @@ class Monitor:
         first = _numpy(labels)
         self._build_rules(first)
         self.batch_size = run.batch_size or len(first)
-        bounds = self._bounds(first) if len(first) > 1 else None
+        bounds = self._bounds(first, np.bincount(first)) if len(first) > 1 else None
         # the collapse value the report draws beside the loss
         if not self.facts.pair_based or self.batch_size < 2:
             self.collapse_value = None  # ln(B-1) is a pair-based loss's
@@ -399,14 +398,14 @@ class Monitor:
         else:
             self.collapse_value = supcon_collapse_value(self.batch_size)
 
-    def _bounds(self, labels: np.ndarray, key: tuple[int, ...] | None = None) -> LossBounds | None:
+    def _bounds(self, labels: np.ndarray, counts: np.ndarray) -> LossBounds | None:
         """The loss's collapse value and floor for these labels, probed from the run's own loss as
-        the pre-flight loss-bounds check probes it; cached by the batch's class sizes (`key`,
-        when the caller has counted them)."""
+        the pre-flight loss-bounds check probes it; cached by the batch's class sizes (`counts`:
+        the labels' `np.bincount`, which the caller has made)."""
         run = self.run
         if run.loss_fn is None or run.output_width is None:
             return None
-        key = key or bounds_key(labels)
+        key = sizes_key(counts)
         if key not in self._probed:
             try:
                 self._probed[key] = probe_loss_bounds(
@@ -429,7 +428,7 @@ class Monitor:
         counts = np.bincount(labels)
         positives = counts[labels] - 1
         has = positives[positives > 0]
-        bounds = self._bounds(labels, sizes_key(counts))
+        bounds = self._bounds(labels, counts)
         scheduled = self.run.scheduled_lr
         return StepRecord(
             step=data.step,
