@@ -4,9 +4,10 @@ Writes the synthetic datasets once into `--cache` (150,000 samples are 3.1 GB an
 generate; later runs reuse them), then times `quad-doctor diagnose --set data.path=DIR --json
 out.json` on each, every run in a fresh process, `--repeats` times, and prints the median seconds
 of each check (the report's `duration_s`), of the engine, and of the whole process with its CPU
-time. A last column is a user's setup (`examples/har_project`, 1,500 samples) whose dataset takes
-`--delay-ms` per item. The page cache is warm (every file read once first) unless `--cold` drops
-it before each run (root only).
+time. The last columns are a user's setup (`examples/har_project`, 1,500 samples) whose dataset
+takes `--delay-ms` per item, read in the main process as the example's loader does, and through
+`--workers` loader worker processes. The page cache is warm (every file read once first) unless
+`--cold` drops it before each run (root only).
 
 A second table checks that the faults the fault matrix plants in the data are still found at every
 size: NaN/Inf in 5 % and in 0.1 % of the sensor rows, and each stream dead (constant). Each is a
@@ -66,7 +67,8 @@ def slow_har_setup():
     import doctor_setup
     from user_setup_cost import slowed
 
-    setup, _ = slowed(doctor_setup.build(), float(os.environ["QD_DELAY_MS"]) / 1000)
+    delay = float(os.environ["QD_DELAY_MS"]) / 1000
+    setup, _ = slowed(doctor_setup.build(), delay, int(os.environ.get("QD_WORKERS", "0")))
     return setup
 
 
@@ -169,6 +171,9 @@ def main() -> None:
     parser.add_argument("--full-scan", action="store_true", help="diagnose --full-scan")
     parser.add_argument("--delay-ms", type=float, default=5.0, help="the user setup's item delay")
     parser.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS of each run")
+    parser.add_argument(
+        "--workers", type=int, default=2, help="the user setup again with loader workers"
+    )
     parser.add_argument("--no-user", action="store_true", help="leave out the user setup")
     parser.add_argument("--no-faults", action="store_true", help="leave out the fault table")
     args = parser.parse_args()
@@ -199,10 +204,14 @@ def main() -> None:
                 "QD_DELAY_MS": str(args.delay_ms),
             }
             setup = f"{Path(__file__).resolve()}:slow_har_setup"
-            runs = [
-                diagnose(["--setup", setup, *extra], work, user_env) for _ in range(args.repeats)
-            ]
-            columns[f"user setup, {args.delay_ms:g} ms/item"] = median_run(runs)
+            for workers in sorted({0, args.workers}):
+                user_env["QD_WORKERS"] = str(workers)
+                runs = [
+                    diagnose(["--setup", setup, *extra], work, user_env)
+                    for _ in range(args.repeats)
+                ]
+                read_by = f", {workers} workers" if workers else ""
+                columns[f"user setup, {args.delay_ms:g} ms/item{read_by}"] = median_run(runs)
     console = Console(width=120)
     console.print(cost_table(columns, args))
     if not args.no_faults:

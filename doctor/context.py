@@ -616,9 +616,34 @@ class DiagnosisContext:
         collate = getattr(loader, "collate_fn", None) or torch.utils.data.default_collate
         return collate(items)
 
-    def host_batch(self, indices: np.ndarray) -> tuple[Any, Tensor]:
+    def read_batches(self, batches: list[np.ndarray], loader: Any = None) -> Iterator[Any]:
+        """The collated batch at each of `batches`, in order, as `read` gives them.
+
+        A loader with worker processes (`num_workers` > 0) is read the way it trains: through
+        as many workers of its own, with its collate and worker-init functions, so a dataset that
+        decodes every item is read in parallel. Workers are seeded from `seed`, not the global
+        generator. Should they fail, the rest is read here, where a dataset's own error points at
+        its own code.
+        """
+        loader = loader or self.setup.train_loader
+        done = 0
+        if getattr(loader, "num_workers", 0) > 0 and len(batches) > 1:
+            try:
+                for collated in _worker_reader(loader, batches, self.seed):
+                    yield collated
+                    done += 1
+            except Exception:
+                pass  # e.g. a dataset that cannot be copied into a process
+        for indices in batches[done:]:
+            yield self.read(indices, loader=loader)
+
+    def cached(self, indices: np.ndarray) -> bool:
+        """Whether the batch at `indices` has been read and kept (see `host_batch`)."""
+        return np.asarray(indices, dtype=np.int64).tobytes() in self._batches
+
+    def host_batch(self, indices: np.ndarray, collated: Any = None) -> tuple[Any, Tensor]:
         """The training samples at `indices`, split into inputs and labels by `batch_fn`, on the
-        host; read them, never change them.
+        host; read them, never change them. `collated` is the batch when already read.
 
         Batches read once are kept (up to `BATCH_CACHE_BYTES`): the LR sweep cycles through the
         epoch's batches, and a dataset that decodes every item pays for each once (data-integrity
@@ -627,7 +652,7 @@ class DiagnosisContext:
         key = np.asarray(indices, dtype=np.int64).tobytes()
         cached = self._batches.get(key)
         if cached is None:
-            inputs, labels = self.batch_fn(self.read(indices))
+            inputs, labels = self.batch_fn(self.read(indices) if collated is None else collated)
             cached = (inputs, torch.as_tensor(labels))
             size = sum(t.nbytes for t in (*streams_of(inputs).values(), cached[1]))
             if self._cached_bytes + size <= BATCH_CACHE_BYTES:
@@ -942,6 +967,22 @@ def lambda_schedule(
     counts = range(start, start + -(-steps // interval))
     values = np.array([base * lmbda(count) for count in counts], dtype=np.float64)
     return np.repeat(values, interval)[:steps]
+
+
+def _worker_reader(loader: Any, batches: list[np.ndarray], seed: int) -> Iterator[Any]:
+    """`batches` of `loader`'s dataset, collated by its worker processes, in order."""
+    reader = torch.utils.data.DataLoader(
+        loader.dataset,
+        batch_sampler=[[int(i) for i in rows] for rows in batches],
+        num_workers=loader.num_workers,
+        collate_fn=loader.collate_fn,
+        timeout=loader.timeout,
+        worker_init_fn=loader.worker_init_fn,
+        multiprocessing_context=loader.multiprocessing_context,
+        generator=torch.Generator().manual_seed(seed),
+        prefetch_factor=loader.prefetch_factor,
+    )
+    yield from reader
 
 
 def _settings(group: dict[str, Any]) -> dict[str, Any]:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import runpy
 import shutil
 from pathlib import Path
@@ -7,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
+from torch.utils.data import DataLoader
 
 from quad_doctor.checks import data_integrity
 from quad_doctor.checks.data_integrity import DataIntegrity, spread_rows
@@ -317,3 +320,60 @@ def counting(getitem, reads):
         return getitem(self, index)
 
     return wrapped
+
+
+def with_workers(setup, workers=2):
+    """The setup with its training loader read by `workers` processes, as it would train."""
+    loader = setup.train_loader
+    return setup.replace(
+        train_loader=DataLoader(
+            loader.dataset, batch_sampler=loader.batch_sampler, num_workers=workers
+        )
+    )
+
+
+def logging_reads(getitem, log):
+    """`__getitem__` that appends "pid index" to `log` (a file, so worker processes write too)."""
+
+    def wrapped(self, index):
+        with open(log, "a") as out:
+            out.write(f"{os.getpid()} {int(index)}\n")
+        return getitem(self, index)
+
+    return wrapped
+
+
+def test_a_loader_with_workers_is_read_through_them_with_the_same_findings(monkeypatch, tmp_path):
+    monkeypatch.setattr(data_integrity, "SCAN_SAMPLES", 200)
+    serial = only(
+        list(DataIntegrity().run(DiagnosisContext(USER_SETUPS["nan_inputs"]()))), Severity.CRITICAL
+    )
+    setup = with_workers(USER_SETUPS["nan_inputs"]())
+    log = tmp_path / "reads.log"
+    dataset = type(setup.train_loader.dataset)
+    monkeypatch.setattr(dataset, "__getitem__", logging_reads(dataset.__getitem__, log))
+    rng = torch.get_rng_state()
+    parallel = only(list(DataIntegrity().run(DiagnosisContext(setup))), Severity.CRITICAL)
+    assert parallel.title == serial.title
+    assert parallel.evidence["first_sample_ids"] == serial.evidence["first_sample_ids"]
+    reads = [line.split() for line in log.read_text().splitlines()]
+    assert len({index for _, index in reads}) == len(reads) == 200  # each sampled item once
+    assert {int(pid) for pid, _ in reads} - {os.getpid()}, "no item was read by a worker"
+    assert torch.equal(torch.get_rng_state(), rng)  # workers are seeded apart from the global RNG
+
+
+def test_a_dataset_that_fails_in_worker_processes_is_read_here_instead(monkeypatch):
+    monkeypatch.setattr(data_integrity, "SCAN_SAMPLES", 200)
+    setup = with_workers(USER_SETUPS["nan_inputs"]())
+    main = os.getpid()
+    dataset = type(setup.train_loader.dataset)
+    getitem = dataset.__getitem__
+
+    def here_only(self, index):
+        if os.getpid() != main:
+            raise RuntimeError("this dataset's file handle cannot cross a fork")
+        return getitem(self, index)
+
+    monkeypatch.setattr(dataset, "__getitem__", here_only)
+    nan = only(list(DataIntegrity().run(DiagnosisContext(setup))), Severity.CRITICAL)
+    assert nan.title.startswith(f"{nan.evidence['samples']} of 200 scanned samples (of 600)")
