@@ -174,6 +174,7 @@ class GradientFlow(Check):
             overfit = self._overfit(ctx)
         # for the report's pictures: the largest gradient norm of each module over the probe
         ctx.published["gradient_norms"] = {m: significant(v) for m, v in probe.grad_norm.items()}
+        ctx.published["gradient_flow_steps"] = {"probe": probe.steps, "overfit": overfit.steps}
         yield from self._findings(ctx, probe, overfit)
 
     # -- measurement -----------------------------------------------------------------------------

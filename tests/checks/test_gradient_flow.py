@@ -13,6 +13,7 @@ from quad_doctor.checks.gradient_flow import (
     DEAD_MODALITY_SHARE,
     OVERFIT_MAX_STEPS,
     OVERFIT_MIN_PROGRESS,
+    PROBE_STEPS,
     GradientFlow,
 )
 from quad_doctor.context import DiagnosisContext
@@ -56,6 +57,16 @@ def faulty_dataset(tmp_path_factory):
 )
 def test_healthy_model_is_quiet(small_overrides, extra):
     assert run_check([*small_overrides, *extra]) == []
+
+
+def test_the_training_steps_it_took_are_published(small_overrides):
+    healthy = DiagnosisContext(load_config(overrides=small_overrides))
+    stuck = DiagnosisContext(load_config(overrides=[*small_overrides, "model.fusion.dim=2"]))
+    for ctx in (healthy, stuck):
+        list(GradientFlow().run(ctx))
+    assert healthy.published["gradient_flow_steps"]["probe"] == PROBE_STEPS
+    assert 1 <= healthy.published["gradient_flow_steps"]["overfit"] < OVERFIT_MAX_STEPS
+    assert stuck.published["gradient_flow_steps"]["overfit"] == OVERFIT_MAX_STEPS
 
 
 def test_single_class_batches_are_left_to_the_sampler_check(small_overrides):
