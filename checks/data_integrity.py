@@ -446,6 +446,8 @@ def scan_through_dataset(ctx: DiagnosisContext) -> Scanned:
     )
     if cut_short:
         sampling += f", cut short after {SCAN_SECONDS:g} s"
+    if ctx.read_by:
+        sampling += f"; read by {ctx.read_by}"
     return Scanned(scans, read, labels, ids, is_val, total, signal_rows, sampling)
 
 
@@ -587,7 +589,8 @@ class DataIntegrity(Check):
         on the other streams. A user's dataset without such arrays is read through its own
         `__getitem__`, collate function and `batch_fn`: up to 2,000 training and 500 validation
         items, at most 15 s, through the loader's own worker processes when it has some
-        (`num_workers` > 0), as training reads it. The evidence says what was read (`scanned
+        (`num_workers` > 0), as training reads it (here instead, should they fail; the coverage
+        says which). The evidence says what was read (`scanned
         4,096 of 150,000 samples`) and the smallest share of faulty samples the sample would
         have seen with 95 % confidence (the rule of three, 3/n: 0.073 % for 4,096).
         `diagnose --full-scan` reads everything instead, with a progress bar.

@@ -390,6 +390,8 @@ class DiagnosisContext:
         self._batches: dict[bytes, tuple[Any, Tensor]] = {}
         self._epochs: dict[tuple[int, int, int], list[np.ndarray]] = {}
         self._cached_bytes = 0
+        # How `read_batches` read the last batches it was given, when not one by one here.
+        self.read_by = ""
 
     # -- the setup -------------------------------------------------------------------------------
 
@@ -626,14 +628,16 @@ class DiagnosisContext:
         its own code.
         """
         loader = loader or self.setup.train_loader
-        done = 0
-        if getattr(loader, "num_workers", 0) > 0 and len(batches) > 1:
+        done, workers = 0, getattr(loader, "num_workers", 0)
+        if workers > 0 and len(batches) > 1:
+            self.read_by = f"the loader's {workers} worker processes"
             try:
                 for collated in _worker_reader(loader, batches, self.seed):
                     yield collated
                     done += 1
-            except Exception:
-                pass  # e.g. a dataset that cannot be copied into a process
+            except Exception as exc:  # e.g. a dataset that cannot be copied into a process
+                failed = f"{type(exc).__name__}: {exc}".splitlines()[0]
+                self.read_by = f"this process, after the loader's workers failed ({failed})"
         for indices in batches[done:]:
             yield self.read(indices, loader=loader)
 

@@ -353,7 +353,10 @@ def test_a_loader_with_workers_is_read_through_them_with_the_same_findings(monke
     dataset = type(setup.train_loader.dataset)
     monkeypatch.setattr(dataset, "__getitem__", logging_reads(dataset.__getitem__, log))
     rng = torch.get_rng_state()
-    parallel = only(list(DataIntegrity().run(DiagnosisContext(setup))), Severity.CRITICAL)
+    ctx = DiagnosisContext(setup)
+    parallel = only(list(DataIntegrity().run(ctx)), Severity.CRITICAL)
+    coverage = ctx.published["data_integrity_coverage"]["sampling"]
+    assert coverage.endswith("; read by the loader's 2 worker processes")
     assert parallel.title == serial.title
     assert parallel.evidence["first_sample_ids"] == serial.evidence["first_sample_ids"]
     reads = [line.split() for line in log.read_text().splitlines()]
@@ -375,5 +378,8 @@ def test_a_dataset_that_fails_in_worker_processes_is_read_here_instead(monkeypat
         return getitem(self, index)
 
     monkeypatch.setattr(dataset, "__getitem__", here_only)
-    nan = only(list(DataIntegrity().run(DiagnosisContext(setup))), Severity.CRITICAL)
+    ctx = DiagnosisContext(setup)
+    nan = only(list(DataIntegrity().run(ctx)), Severity.CRITICAL)
     assert nan.title.startswith(f"{nan.evidence['samples']} of 200 scanned samples (of 600)")
+    coverage = ctx.published["data_integrity_coverage"]["sampling"]
+    assert "read by this process, after the loader's workers failed (RuntimeError" in coverage
