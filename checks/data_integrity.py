@@ -382,6 +382,7 @@ def scan_through_dataset(ctx: DiagnosisContext) -> Scanned:
     `ctx.full_scan`), read through the user's dataset, collate function and `batch_fn` within
     `SCAN_SECONDS`, scanned batch by batch."""
     full = ctx.full_scan
+    ctx.read_by = ""
     train = np.unique(ctx.train_indices)
     train_plan = train if full else train[spread_rows(len(train), SCAN_SAMPLES)]
     parts = [("train", ctx.setup.train_loader, train_plan)]
@@ -590,10 +591,10 @@ class DataIntegrity(Check):
         `__getitem__`, collate function and `batch_fn`: up to 2,000 training and 500 validation
         items, at most 15 s, through the loader's own worker processes when it has some
         (`num_workers` > 0), as training reads it (here instead, should they fail; the coverage
-        says which). The evidence says what was read (`scanned
-        4,096 of 150,000 samples`) and the smallest share of faulty samples the sample would
-        have seen with 95 % confidence (the rule of three, 3/n: 0.073 % for 4,096).
-        `diagnose --full-scan` reads everything instead, with a progress bar.
+        says which). The evidence says what was read (`scanned 4,096 of 150,000 samples`) and
+        the smallest share of faulty samples the sample would have seen with 95 % confidence
+        (the rule of three, 3/n: 0.073 % for 4,096). `diagnose --full-scan` reads everything
+        instead, with a progress bar.
 
     Why it matters:
         One NaN sample makes the loss NaN in every batch it lands in, and one step on that loss
