@@ -183,11 +183,10 @@ def run_sweep(
             if value > DIVERGENCE_FACTOR * best_smoothed or held > DIVERGENCE_FACTOR * best:
                 reason = "diverged"
                 break
-            collapsed = best < collapse - COLLAPSE_DEPTH and held > collapse - COLLAPSE_RETURN
-            rebounded = best < reference - RESPONSE and held > best + REBOUND * (reference - best)
-            returned = returned + 1 if collapsed or rebounded else 0
+            back = came_back(best, held, reference, collapse)
+            returned = returned + 1 if back else 0
             if returned >= COLLAPSE_STEPS:
-                reason = "collapsed" if collapsed else "rebounded"
+                reason = back
                 break
     return Sweep(
         lr=lrs,
@@ -203,6 +202,17 @@ def run_sweep(
         first_lr=start_lr,
         movement=movement[: len(lrs)],
     )
+
+
+def came_back(best: float, level: float, reference: float, collapse: float) -> str:
+    """ "collapsed" when a loss that had gone `COLLAPSE_DEPTH` below ln(B-1) is back within
+    `COLLAPSE_RETURN` of it, "rebounded" when it has climbed back `REBOUND` of its descent from
+    `reference`; else ""."""
+    if best < collapse - COLLAPSE_DEPTH and level > collapse - COLLAPSE_RETURN:
+        return "collapsed"
+    if best < reference - RESPONSE and level > best + REBOUND * (reference - best):
+        return "rebounded"
+    return ""
 
 
 def _flat(params: list[torch.Tensor]) -> torch.Tensor:
