@@ -973,9 +973,11 @@ def lambda_schedule(
     return np.repeat(values, interval)[:steps]
 
 
-def _worker_reader(loader: Any, batches: list[np.ndarray], seed: int) -> Iterator[Any]:
-    """`batches` of `loader`'s dataset, collated by its worker processes, in order."""
-    reader = torch.utils.data.DataLoader(
+def _worker_reader(
+    loader: Any, batches: list[np.ndarray], seed: int
+) -> torch.utils.data.DataLoader:
+    """A loader of `batches` of `loader`'s dataset, collated by its worker processes, in order."""
+    return torch.utils.data.DataLoader(
         loader.dataset,
         batch_sampler=[[int(i) for i in rows] for rows in batches],
         num_workers=loader.num_workers,
@@ -986,7 +988,6 @@ def _worker_reader(loader: Any, batches: list[np.ndarray], seed: int) -> Iterato
         generator=torch.Generator().manual_seed(seed),
         prefetch_factor=loader.prefetch_factor,
     )
-    yield from reader
 
 
 def _settings(group: dict[str, Any]) -> dict[str, Any]:

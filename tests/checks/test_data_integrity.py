@@ -301,25 +301,17 @@ def test_a_user_dataset_is_sampled_with_its_coverage_stated(monkeypatch):
     assert nan.evidence["undetected_share_95"] == 0.015
 
 
-def test_a_small_user_split_is_read_in_the_samplers_batches_once(monkeypatch):
+def test_a_small_user_split_is_read_in_the_samplers_batches_once(monkeypatch, tmp_path):
     setup = USER_SETUPS["healthy_supcon"]()
-    reads = []
+    log = tmp_path / "reads.log"
     dataset = setup.train_loader.dataset
-    monkeypatch.setattr(type(dataset), "__getitem__", counting(type(dataset).__getitem__, reads))
+    monkeypatch.setattr(type(dataset), "__getitem__", logging_reads(type(dataset).__getitem__, log))
     ctx = DiagnosisContext(setup)
     assert list(DataIntegrity().run(ctx)) == []
-    assert sorted(reads) == list(range(len(dataset)))  # each item once
+    assert sorted(index for _, index in reads_in(log)) == list(range(len(dataset)))  # each once
     for rows in ctx.epoch_batches():  # what loss-bounds, the LR sweep and gradient flow read
         ctx.batch(rows)
-    assert len(reads) == len(dataset)
-
-
-def counting(getitem, reads):
-    def wrapped(self, index):
-        reads.append(int(index))
-        return getitem(self, index)
-
-    return wrapped
+    assert len(reads_in(log)) == len(dataset)
 
 
 def with_workers(setup, workers=2):
@@ -343,6 +335,11 @@ def logging_reads(getitem, log):
     return wrapped
 
 
+def reads_in(log):
+    """(pid, index) of each read `logging_reads` logged, in order."""
+    return [tuple(map(int, line.split())) for line in log.read_text().splitlines()]
+
+
 def test_a_loader_with_workers_is_read_through_them_with_the_same_findings(monkeypatch, tmp_path):
     monkeypatch.setattr(data_integrity, "SCAN_SAMPLES", 200)
     serial = only(
@@ -359,9 +356,9 @@ def test_a_loader_with_workers_is_read_through_them_with_the_same_findings(monke
     assert coverage.endswith("; read by the loader's 2 worker processes")
     assert parallel.title == serial.title
     assert parallel.evidence["first_sample_ids"] == serial.evidence["first_sample_ids"]
-    reads = [line.split() for line in log.read_text().splitlines()]
+    reads = reads_in(log)
     assert len({index for _, index in reads}) == len(reads) == 200  # each sampled item once
-    assert {int(pid) for pid, _ in reads} - {os.getpid()}, "no item was read by a worker"
+    assert {pid for pid, _ in reads} - {os.getpid()}, "no item was read by a worker"
     assert torch.equal(torch.get_rng_state(), rng)  # workers are seeded apart from the global RNG
 
 
